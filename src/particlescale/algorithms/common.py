@@ -1,0 +1,239 @@
+"""Pieces shared by the algorithms: scoring and aggregation, potentials, rollouts,
+candidates and trace records.
+
+Rewards are stored per step on each particle (``Particle.rewards[i]`` scores the prefix
+``steps[:i+1]``); an aggregation turns them into one score, and a transform turns the score
+into a log-potential (``logit`` as in the paper's softmax over logits, or ``log``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from particlescale.answers import extract_answer, has_boxed
+from particlescale.protocols import GenerationSession, RewardModel
+from particlescale.types import (
+    Candidate,
+    Particle,
+    Problem,
+    Step,
+    Trace,
+    TraceNode,
+    TraceStep,
+    Usage,
+)
+
+EPS = 1e-6
+
+
+def aggregation_for(reward: RewardModel, aggregation: str | None) -> str:
+    """The aggregation to use: the configured one, else the reward model's own default."""
+    if aggregation is not None:
+        return aggregation
+    return str(getattr(reward, "default_aggregation", "last"))
+
+
+def aggregate(rewards: Sequence[float], aggregation: str) -> float:
+    """One score from per-step rewards (``model`` rewards are already prefix scores)."""
+    if not rewards:
+        return 0.5
+    r = np.clip(np.asarray(rewards, dtype=np.float64), EPS, 1 - EPS)
+    if aggregation in ("last", "model"):
+        return float(r[-1])
+    if aggregation == "min":
+        return float(r.min())
+    if aggregation == "prod":
+        return float(np.exp(np.log(r).sum()))
+    if aggregation == "mean":
+        return float(r.mean())
+    raise ValueError(f"aggregation: unknown {aggregation!r}; choose last, min, prod, mean, model")
+
+
+def potential(score: float | np.ndarray, transform: str) -> np.ndarray:
+    """Log-potential of an aggregated reward: logit(r) (paper) or log(r)."""
+    r = np.clip(np.asarray(score, dtype=np.float64), EPS, 1 - EPS)
+    if transform == "logit":
+        return np.log(r) - np.log1p(-r)
+    return np.log(r)
+
+
+def merged_step(steps: Sequence[Step]) -> Step:
+    """The whole prefix as one step, for ``model`` aggregation (the PRM sees it as one step)."""
+    return Step(text="".join(s.text for s in steps).strip(),
+                tokens=sum(s.tokens for s in steps), finish=steps[-1].finish)
+
+
+async def score_particles(
+    problem: Problem,
+    reward: RewardModel,
+    particles: Sequence[Particle],
+    aggregation: str,
+    usage: Usage,
+) -> None:
+    """Fill in the rewards of every step a particle has not been scored for, in one call."""
+    todo = [p for p in particles if len(p.rewards) < len(p.steps)]
+    if not todo:
+        return
+    if aggregation == "model":
+        # One trajectory per missing prefix, each being the whole prefix as a single step.
+        jobs = [(p, k) for p in todo for k in range(len(p.rewards) + 1, len(p.steps) + 1)]
+        values = await reward.score(problem, [[merged_step(p.steps[:k])] for p, k in jobs], usage)
+        for (p, _k), v in zip(jobs, values, strict=True):
+            p.rewards = (*p.rewards, float(v[-1]))
+        return
+    values = await reward.score(problem, [p.steps for p in todo], usage)
+    for p, v in zip(todo, values, strict=True):
+        if len(v) != len(p.steps):
+            raise RuntimeError(
+                f"reward {getattr(reward, 'name', reward)!r} returned {len(v)} scores for a "
+                f"trajectory of {len(p.steps)} steps"
+            )
+        p.rewards = tuple(float(x) for x in v)
+
+
+def is_final(step: Step, n_steps: int, max_steps: int) -> bool:
+    """The paper's stopping rule: EOS, a step containing \\boxed, or the step cap."""
+    return step.finish == "eos" or has_boxed(step.text) or n_steps >= max_steps
+
+
+class IdSource:
+    """Particle ids, unique within a run (the trace's node ids)."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count()
+
+    def __call__(self) -> int:
+        return next(self._next)
+
+
+async def extend(
+    session: GenerationSession,
+    parents: Sequence[Particle],
+    children: Sequence[int],
+    ids: IdSource,
+    max_steps: int,
+) -> list[Particle]:
+    """Extend each parent by ``children[i]`` sampled steps; returns the children in order."""
+    pairs = [(p, c) for p, c in zip(parents, children, strict=True) if c > 0]
+    if not pairs:
+        return []
+    steps = await session.extend([p for p, _ in pairs], [c for _, c in pairs])
+    out: list[Particle] = []
+    for (parent, count), new in zip(pairs, steps, strict=True):
+        if len(new) != count:
+            raise RuntimeError(f"generator returned {len(new)} steps for {count} children")
+        for step in new:
+            n = len(parent.steps) + 1
+            out.append(
+                Particle(
+                    id=ids(),
+                    steps=(*parent.steps, step),
+                    rewards=parent.rewards,
+                    log_weight=parent.log_weight,
+                    finished=is_final(step, n, max_steps),
+                    parent=parent.id,
+                )
+            )
+    return out
+
+
+def copy_particle(p: Particle, ids: IdSource) -> Particle:
+    """A resampled copy (a new node in the genealogy) of a particle that is not extended."""
+    return replace(p, id=ids(), parent=p.id)
+
+
+async def rollout(
+    session: GenerationSession,
+    roots: Sequence[Particle],
+    ids: IdSource,
+    max_steps: int,
+    on_step: object = None,
+) -> list[Particle]:
+    """Extend every particle to the end (EOS, \\boxed or step cap) without any reward.
+
+    ``on_step(t, particles)`` is called after each step with the whole population.
+    """
+    population = list(roots)
+    t = 0
+    while any(not p.finished for p in population):
+        t += 1
+        live = [p for p in population if not p.finished]
+        children = await extend(session, live, [1] * len(live), ids, max_steps)
+        it = iter(children)
+        population = [p if p.finished else next(it) for p in population]
+        session.release([p for p in population if p.finished])
+        if callable(on_step):
+            on_step(t, population)
+    return population
+
+
+def candidates_from(
+    particles: Sequence[Particle],
+    log_weights: Sequence[float] | np.ndarray,
+    aggregation: str,
+) -> list[Candidate]:
+    """Candidates with normalised weights; identical solutions (resampled copies) are merged."""
+    from particlescale.smc import normalize
+
+    w = normalize(np.asarray(log_weights, dtype=np.float64)) if len(particles) else []
+    merged: dict[str, Candidate] = {}
+    for p, wi in zip(particles, w, strict=True):
+        text = p.text
+        if text in merged:
+            c = merged[text]
+            merged[text] = replace(c, weight=c.weight + float(wi), copies=c.copies + 1)
+            continue
+        merged[text] = Candidate(
+            text=text,
+            answer=extract_answer(text),
+            weight=float(wi),
+            score=aggregate(p.rewards, aggregation) if p.rewards else float("nan"),
+            steps=len(p.steps),
+            tokens=sum(s.tokens for s in p.steps),
+            rewards=tuple(p.rewards),
+        )
+    return sorted(merged.values(), key=lambda c: -c.weight)
+
+
+def trace_step(
+    trace: Trace,
+    band: str,
+    t: int,
+    particles: Sequence[Particle],
+    log_weights: Sequence[float] | np.ndarray,
+    aggregation: str,
+    *,
+    ess: float | None = None,
+    resampled: bool = False,
+    temperature: float | None = None,
+    reference: int | None = None,
+) -> None:
+    """Record the population after step ``t`` (one node per particle)."""
+    from particlescale.smc import normalize
+
+    lw = np.asarray(log_weights, dtype=np.float64)
+    norm = np.log(np.maximum(normalize(lw), 1e-300)) if lw.size else lw
+    nodes = []
+    for p, l in zip(particles, norm, strict=True):
+        last = p.steps[-1].text if p.steps else ""
+        nodes.append(
+            TraceNode(
+                id=p.id,
+                parent=p.parent,
+                text=last,
+                reward=p.rewards[-1] if p.rewards else None,
+                score=aggregate(p.rewards, aggregation) if p.rewards else None,
+                log_weight=float(l),
+                finished=p.finished,
+                answer=extract_answer(p.text) if p.finished else None,
+                reference=reference is not None and p.id == reference,
+            )
+        )
+    trace.steps.append(
+        TraceStep(band=band, t=t, nodes=nodes, ess=ess, resampled=resampled,
+                  temperature=temperature)
+    )

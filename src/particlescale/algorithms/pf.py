@@ -1,0 +1,233 @@
+"""Particle filtering (Puri et al., 2025, Algorithm 1) and the conditional SMC sweep that
+particle Gibbs and parallel tempering build on.
+
+State-space view: the partial solution x_{1:t} is the state, the LM is the transition kernel,
+the reward r(x_{1:t}) is the potential. One sweep::
+
+    x^i_1 ~ LM(. | prompt)                      for the N free slots
+    loop t = 1, 2, ...:
+        r^i_t  = PRM(x^i_{1:t}), aggregated     (finished particles keep their reward)
+        phi^i_t = beta_t * transform(r^i_t)     transform = logit (paper) or log
+        paper weights:       log w^i = phi^i_t
+        incremental weights: log w^i += phi^i_t - phi^i_{t-1}   (target  p(x) r(x)^beta)
+        stop when every particle is finished (EOS, \\boxed, or max_steps)
+        if ESS/N < threshold (1.0 = always): a^i ~ resample(w)  else a^i = i
+        x^i_{t+1} ~ LM(. | x^{a^i}_{1:t})  for live ancestors; finished ancestors are copied
+    answer = selector over the final weighted population (paper: highest weight)
+
+Conditional SMC (particle Gibbs): slot N-1 holds the reference trajectory, truncated to t
+steps, weighted with its reward *at step t*; it is never resampled away nor extended past
+its own steps, while the other slots may fork from it.
+
+Resampled children of one parent are generated together (``extend(parent, k)``), so a
+backend shares the parent's prefix (KV cache, prefix cache) across its children.
+The log normalising-constant estimate ``log_z`` is exact in expectation (unbiased Z) with
+incremental weights; with paper weights it is reported but has no such meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from particlescale.algorithms.common import (
+    IdSource,
+    aggregate,
+    copy_particle,
+    extend,
+    potential,
+    score_particles,
+    trace_step,
+)
+from particlescale.algorithms.config import PFConfig
+from particlescale.protocols import GenerationSession, RewardModel
+from particlescale.smc import ess, logsumexp, normalize
+from particlescale.smc import resampling as resampling_schemes
+from particlescale.types import Particle, Problem, Trace, Usage
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Sweep:
+    """The final population of one (conditional) SMC sweep."""
+
+    particles: list[Particle]
+    log_weights: np.ndarray
+    log_z: float
+    resamplings: int
+    steps: int
+
+
+def strip_handles(p: Particle) -> Particle:
+    """A copy whose steps carry no backend handle (they may have been released or reused)."""
+    return replace(p, steps=tuple(replace(s, handle=None) for s in p.steps))
+
+
+def reference_at(ref: Particle, t: int, ids: IdSource, parent: int | None) -> Particle:
+    """The reference trajectory truncated to ``t`` steps, with its own per-step rewards."""
+    k = min(t, len(ref.steps))
+    return Particle(
+        id=ids(),
+        steps=ref.steps[:k],
+        rewards=ref.rewards[:k],
+        finished=k >= len(ref.steps),
+        parent=parent,
+    )
+
+
+def _beta(cfg: PFConfig, t: int, lw_of_beta: Callable[[float], np.ndarray], n: int) -> float:
+    """Inverse softmax temperature at step t (fixed, linearly annealed, or adaptive)."""
+    beta_max = 1.0 / cfg.softmax_temperature
+    if cfg.tempering == "none":
+        return beta_max
+    if cfg.tempering == "linear":
+        frac = min(1.0, (t - 1) / max(1, cfg.anneal_steps - 1))
+        tau = cfg.temperature_start + frac * (cfg.softmax_temperature - cfg.temperature_start)
+        return 1.0 / tau
+    # adaptive: the largest beta <= beta_max with ESS/N >= target (ESS/N = 1 at beta = 0).
+    if ess(lw_of_beta(beta_max)) / n >= cfg.ess_target:
+        return beta_max
+    lo, hi = 0.0, beta_max
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if ess(lw_of_beta(mid)) / n >= cfg.ess_target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+async def sweep(
+    problem: Problem,
+    session: GenerationSession,
+    reward: RewardModel,
+    cfg: PFConfig,
+    aggregation: str,
+    rng: np.random.Generator,
+    usage: Usage,
+    trace: Trace,
+    ids: IdSource,
+    n: int,
+    *,
+    band: str = "pf",
+    reference: Particle | None = None,
+    softmax_temperature: float | None = None,
+    progress: Progress | None = None,
+) -> Sweep:
+    """One SMC sweep of ``n`` particles; with ``reference``, a conditional SMC sweep."""
+    if softmax_temperature is not None:
+        cfg = cfg.model_copy(update={"softmax_temperature": softmax_temperature})
+    if reference is not None:
+        reference = strip_handles(reference)
+    n_free = n - 1 if reference is not None else n
+    resample = resampling_schemes.get(cfg.resampling)
+    transform = cfg.potential_transform()
+
+    root = Particle(id=ids())
+    population = await extend(session, [root], [n_free], ids, cfg.max_steps)
+    ref_node: Particle | None = None
+    if reference is not None:
+        ref_node = reference_at(reference, 1, ids, root.id)
+        population.append(ref_node)
+    session.release([p for p in population if p.finished])
+
+    lw = np.zeros(n)  # incremental log-weights, reset by resampling
+    prev_phi = np.zeros(n)  # beta_{t-1} * transform(r_{t-1}) of each particle's ancestor line
+    log_z = 0.0
+    resamplings = 0
+    t = 1
+    while True:
+        await score_particles(problem, reward, population, aggregation, usage)
+        raw = potential(np.array([aggregate(p.rewards, aggregation) for p in population]),
+                        transform)
+
+        def lw_of_beta(beta: float, raw: np.ndarray = raw) -> np.ndarray:
+            if cfg.weights == "paper":
+                return beta * raw
+            return lw + beta * raw - prev_phi
+
+        beta = _beta(cfg, t, lw_of_beta, n)
+        new_lw = lw_of_beta(beta)
+        if cfg.weights == "incremental":
+            log_prev = np.log(np.maximum(normalize(lw), 1e-300))
+            log_z += logsumexp(log_prev + (new_lw - lw))
+        lw, prev_phi = new_lw, beta * raw
+        current_ess = ess(lw)
+        done = all(p.finished for p in population)
+        do_resample = not done and (cfg.ess_threshold >= 1.0
+                                    or current_ess / n < cfg.ess_threshold)
+        trace_step(trace, band, t, population, lw, aggregation, ess=current_ess,
+                   resampled=do_resample, temperature=1.0 / beta if beta > 0 else float("inf"),
+                   reference=ref_node.id if ref_node is not None else None)
+        if progress is not None:
+            progress({"band": band, "step": t, "ess": current_ess, "n": n,
+                      "live": sum(not p.finished for p in population),
+                      "finished": sum(p.finished for p in population), "resampled": do_resample})
+        if done:
+            break
+
+        if do_resample:
+            ancestors = resample(normalize(lw), rng, n_free)
+            resamplings += 1
+        else:
+            ancestors = np.arange(n_free)
+        population, lw, prev_phi, ref_node = await _propagate(
+            session, population, lw, prev_phi, ancestors, do_resample, ids, cfg.max_steps,
+            reference, ref_node, t,
+        )
+        t += 1
+
+    session.release(population)
+    return Sweep(particles=population, log_weights=lw, log_z=log_z, resamplings=resamplings,
+                 steps=t)
+
+
+async def _propagate(
+    session: GenerationSession,
+    population: list[Particle],
+    lw: np.ndarray,
+    prev_phi: np.ndarray,
+    ancestors: np.ndarray,
+    resampled: bool,
+    ids: IdSource,
+    max_steps: int,
+    reference: Particle | None,
+    ref_node: Particle | None,
+    t: int,
+) -> tuple[list[Particle], np.ndarray, np.ndarray, Particle | None]:
+    """Move to step t+1: extend live ancestors (children of one parent together), copy
+    finished ones, free the sequences of live particles nobody descends from."""
+    counts = np.bincount(ancestors, minlength=len(population))
+    live_parents = [i for i in range(len(population))
+                    if counts[i] > 0 and not population[i].finished]
+    children = await extend(session, [population[i] for i in live_parents],
+                            [int(counts[i]) for i in live_parents], ids, max_steps)
+    dropped = [p for i, p in enumerate(population) if counts[i] == 0 and not p.finished]
+    if ref_node is not None and not ref_node.finished:
+        dropped = [p for p in dropped if p.id != ref_node.id]
+    session.release(dropped)
+
+    by_parent: dict[int, list[Particle]] = {}
+    it = iter(children)
+    for i in live_parents:
+        by_parent[i] = [next(it) for _ in range(int(counts[i]))]
+    next_pop: list[Particle] = []
+    for a in ancestors:
+        parent = population[int(a)]
+        next_pop.append(copy_particle(parent, ids) if parent.finished else by_parent[int(a)].pop())
+    session.release([c for c in children if c.finished])
+    next_lw = np.zeros(len(ancestors)) if resampled else lw[ancestors]
+    next_phi = prev_phi[ancestors]
+
+    new_ref = None
+    if reference is not None and ref_node is not None:
+        new_ref = reference_at(reference, t + 1, ids, ref_node.id)
+        next_pop.append(new_ref)
+        ref_idx = len(population) - 1
+        next_lw = np.append(next_lw, 0.0 if resampled else lw[ref_idx])
+        next_phi = np.append(next_phi, prev_phi[ref_idx])
+    return next_pop, next_lw, next_phi, new_ref

@@ -1,0 +1,75 @@
+"""Running one method on one problem: the session lifecycle, usage, wall time and the Result.
+
+Every method is ``async def run_x(ctx, cfg, progress)`` filling ``ctx.candidates`` and
+``ctx.info``; the runner opens the generation session, always closes it (freeing backend
+state even when a run fails or is cancelled) and assembles the :class:`Result`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from particlescale.algorithms.common import aggregation_for
+from particlescale.algorithms.config import BaseConfig
+from particlescale.algorithms.selection import select_answer
+from particlescale.protocols import GenerationSession, Generator, RewardModel
+from particlescale.types import Candidate, Problem, Result, Stopwatch, Trace, Usage
+
+
+@dataclass
+class RunContext:
+    problem: Problem
+    generator: Generator
+    reward: RewardModel
+    session: GenerationSession
+    rng: np.random.Generator
+    budget: int
+    aggregation: str
+    usage: Usage
+    trace: Trace
+    candidates: list[Candidate] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+async def run(
+    method: str,
+    fn: Any,
+    cfg: BaseConfig,
+    problem: Problem,
+    generator: Generator,
+    reward: RewardModel,
+    budget: int,
+    seed: int | None,
+    progress: Any = None,
+) -> Result:
+    rng = np.random.default_rng(seed)
+    usage = Usage()
+    clock = Stopwatch()
+    aggregation = aggregation_for(reward, cfg.aggregation)
+    config = {"method": method, "budget": budget, "seed": seed, **cfg.model_dump(),
+              "aggregation": aggregation, "generator": getattr(generator, "name", "?"),
+              "reward": getattr(reward, "name", "?")}
+    trace = Trace(method=method,
+                  problem={"id": problem.id, "question": problem.question,
+                           "answer": problem.answer},
+                  config=config)
+    session = generator.session(problem, cfg.sampling(), rng, usage)
+    ctx = RunContext(problem, generator, reward, session, rng, budget, aggregation, usage, trace)
+    try:
+        await fn(ctx, cfg, progress)
+    finally:
+        await session.aclose()
+        usage.wall_time = clock.elapsed()
+    return Result(
+        answer=select_answer(ctx.candidates, cfg.selector),
+        candidates=ctx.candidates,
+        usage=usage,
+        trace=trace,
+        method=method,
+        budget=budget,
+        seed=seed,
+        info=ctx.info,
+    )

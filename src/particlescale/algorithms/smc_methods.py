@@ -1,0 +1,113 @@
+"""The Monte Carlo methods: particle filtering, particle Gibbs and parallel tempering.
+
+Particle Gibbs (Puri et al., 2025, Algorithm 2) runs T conditional SMC sweeps of N particles
+(budget N*T). After each sweep a reference trajectory is drawn from the final weights; the next
+sweep keeps it in one slot, where it competes at step t with its reward at step t.
+
+Parallel tempering runs M particle-Gibbs chains whose softmax temperatures tau_1 < ... < tau_M
+form a geometric ladder. After each iteration neighbouring chains propose to swap references,
+accepted with the Metropolis ratio of the tempered targets p(x) exp(phi(x) / tau):
+
+    A = min(1, exp((1/tau_i - 1/tau_j) * (phi(x_j) - phi(x_i))))
+
+(the LM probability p(x) cancels). Budget = M*N*T; the answer comes from the tau_1 chain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from particlescale.algorithms.common import IdSource, aggregate, candidates_from, potential
+from particlescale.algorithms.config import PFConfig, PGConfig, PTConfig
+from particlescale.algorithms.pf import Progress, Sweep, sweep
+from particlescale.algorithms.runner import RunContext
+from particlescale.smc import normalize
+from particlescale.types import Candidate, Particle
+
+
+async def run_pf(ctx: RunContext, cfg: PFConfig, progress: Progress | None = None) -> None:
+    result = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
+                         ctx.usage, ctx.trace, IdSource(), ctx.budget, progress=progress)
+    ctx.candidates = candidates_from(result.particles, result.log_weights, ctx.aggregation)
+    ctx.info.update(log_z=result.log_z, resamplings=result.resamplings, steps=result.steps)
+
+
+def _draw_reference(s: Sweep, rng: np.random.Generator) -> Particle:
+    w = normalize(s.log_weights)
+    return s.particles[int(rng.choice(len(w), p=w))]
+
+
+def _pool(sweeps: list[Sweep], aggregation: str) -> list[Candidate]:
+    """Candidates of several sweeps, each sweep's weights scaled by 1/len(sweeps)."""
+    particles = [p for s in sweeps for p in s.particles]
+    lw = np.concatenate([np.log(np.maximum(normalize(s.log_weights), 1e-300)) for s in sweeps])
+    return candidates_from(particles, lw, aggregation)
+
+
+def split_budget(budget: int, iterations: int) -> tuple[int, int]:
+    """(particles N, iterations T) with N*T <= budget, T <= iterations and N >= 2 when the
+    budget allows (a conditional sweep of one particle is just the reference)."""
+    t = max(1, min(iterations, budget // 2 if budget >= 2 else 1))
+    return max(1, budget // t), t
+
+
+async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = None) -> None:
+    n, iterations = split_budget(ctx.budget, cfg.iterations)
+    ids = IdSource()
+    sweeps: list[Sweep] = []
+    reference: Particle | None = None
+    for it in range(iterations):
+        ref = reference if n > 1 else None
+        s = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
+                        ctx.usage, ctx.trace, ids, n, band=f"iteration {it + 1}",
+                        reference=ref, progress=progress)
+        sweeps.append(s)
+        reference = _draw_reference(s, ctx.rng)
+    ctx.candidates = _pool(sweeps, ctx.aggregation)
+    ctx.info.update(particles=n, iterations=iterations,
+                    log_z=[s.log_z for s in sweeps])
+
+
+def temperature_ladder(cfg: PTConfig) -> list[float]:
+    if cfg.chains == 1:
+        return [cfg.softmax_temperature]
+    return [float(x) for x in np.geomspace(cfg.softmax_temperature, cfg.max_temperature,
+                                           cfg.chains)]
+
+
+async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = None) -> None:
+    m = cfg.chains
+    per_chain = max(1, ctx.budget // m)
+    n, iterations = split_budget(per_chain, cfg.iterations)
+    taus = temperature_ladder(cfg)
+    transform = cfg.potential_transform()
+    ids = IdSource()
+    refs: list[Particle | None] = [None] * m
+    target_sweeps: list[Sweep] = []
+    proposed = np.zeros(max(1, m - 1), dtype=int)
+    accepted = np.zeros(max(1, m - 1), dtype=int)
+    for it in range(iterations):
+        for c in range(m):
+            s = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
+                            ctx.usage, ctx.trace, ids, n, band=f"chain {c + 1} iteration {it + 1}",
+                            reference=refs[c] if n > 1 else None, softmax_temperature=taus[c],
+                            progress=progress)
+            refs[c] = _draw_reference(s, ctx.rng)
+            if c == 0:
+                target_sweeps.append(s)
+        # Swap neighbours; alternate even/odd pairs between iterations (deterministic sweep).
+        for i in range(it % 2, m - 1, 2):
+            a, b = refs[i], refs[i + 1]
+            assert a is not None and b is not None
+            phi_a = float(potential(aggregate(a.rewards, ctx.aggregation), transform))
+            phi_b = float(potential(aggregate(b.rewards, ctx.aggregation), transform))
+            log_ratio = (1 / taus[i] - 1 / taus[i + 1]) * (phi_b - phi_a)
+            proposed[i] += 1
+            if np.log(ctx.rng.random()) < min(0.0, log_ratio):
+                refs[i], refs[i + 1] = b, a
+                accepted[i] += 1
+                ctx.trace.events.append({"kind": "swap", "iteration": it + 1, "chains": [i, i + 1]})
+    ctx.candidates = _pool(target_sweeps, ctx.aggregation)
+    rates = [float(a / p) if p else None for a, p in zip(accepted, proposed, strict=True)]
+    ctx.info.update(particles=n, iterations=iterations, chains=m, temperatures=taus,
+                    swap_acceptance=rates[: m - 1], swaps_proposed=proposed[: m - 1].tolist())

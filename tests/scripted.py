@@ -35,10 +35,13 @@ class ScriptedSession:
     handles: dict[int, Handle] = field(default_factory=dict)
     counter: itertools.count = field(default_factory=itertools.count)
 
-    async def extend(self, parents: Sequence[Particle], children: Sequence[int]) -> list[list[Step]]:
+    async def extend(
+        self, parents: Sequence[Particle], children: Sequence[int]
+    ) -> list[list[Step]]:
         self.gen.calls.append([int(c) for c in children])
         out = []
         for parent, k in zip(parents, children, strict=True):
+            assert not parent.finished, "a finished particle was extended"
             h = parent.handle
             if isinstance(h, Handle):
                 assert h.live, "extended a particle whose handle was released or consumed"

@@ -49,7 +49,9 @@ class GenerationSession(Protocol):
     is added to the ``usage`` the session was opened with.
     """
 
-    async def extend(self, parents: Sequence[Particle], children: Sequence[int]) -> list[list[Step]]:
+    async def extend(
+        self, parents: Sequence[Particle], children: Sequence[int]
+    ) -> list[list[Step]]:
         ...
 
     def release(self, particles: Iterable[Particle]) -> None:

@@ -218,7 +218,7 @@ def trace_step(
     lw = np.asarray(log_weights, dtype=np.float64)
     norm = np.log(np.maximum(normalize(lw), 1e-300)) if lw.size else lw
     nodes = []
-    for p, l in zip(particles, norm, strict=True):
+    for p, log_w in zip(particles, norm, strict=True):
         last = p.steps[-1].text if p.steps else ""
         nodes.append(
             TraceNode(
@@ -227,7 +227,7 @@ def trace_step(
                 text=last,
                 reward=p.rewards[-1] if p.rewards else None,
                 score=aggregate(p.rewards, aggregation) if p.rewards else None,
-                log_weight=float(l),
+                log_weight=float(log_w),
                 finished=p.finished,
                 answer=extract_answer(p.text) if p.finished else None,
                 reference=reference is not None and p.id == reference,

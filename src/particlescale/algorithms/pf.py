@@ -145,7 +145,8 @@ async def sweep(
         raw = potential(np.array([aggregate(p.rewards, aggregation) for p in population]),
                         transform)
 
-        def lw_of_beta(beta: float, raw: np.ndarray = raw) -> np.ndarray:
+        def lw_of_beta(beta: float, raw: np.ndarray = raw, lw: np.ndarray = lw,
+                       prev_phi: np.ndarray = prev_phi) -> np.ndarray:
             if cfg.weights == "paper":
                 return beta * raw
             return lw + beta * raw - prev_phi

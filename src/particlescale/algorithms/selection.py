@@ -1,6 +1,6 @@
 """Selectors: how a Result's answer is picked from its weighted candidates.
 
-- ``argmax``: the answer of the highest-weight candidate (the paper's choice for PF).
+- ``argmax``: the answer of the highest-weight particle (the paper's choice for PF).
 - ``weighted-vote``: the answer whose candidates' weights sum highest (weighted majority).
 - ``vote``: the answer given by the most particles (self-consistency).
 Answers are compared after :func:`particlescale.answers.normalize_answer`; candidates without an
@@ -21,7 +21,9 @@ def select(candidates: Sequence[Candidate], selector: str) -> Candidate | None:
     if not with_answer:
         return None
     if selector == "argmax":
-        return max(with_answer, key=lambda c: (c.weight, c.score))
+        # Per particle: identical copies made by resampling share one candidate whose weight
+        # is their sum, but the paper picks the single highest-weight particle.
+        return max(with_answer, key=lambda c: (c.weight / c.copies, c.score))
     if selector not in ("weighted-vote", "vote"):
         raise ValueError(f"selector: unknown {selector!r}; choose argmax, weighted-vote, vote")
     totals: dict[str, float] = defaultdict(float)

@@ -8,6 +8,13 @@ PS := $(VENV)/bin/particlescale
 DEMO_QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
 .PHONY: demo test lint bench clean-venv
+.DEFAULT_GOAL := test
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Headless browser for the trace-viewer tests (Debian package; Playwright drives it).
+/usr/bin/chromium:
+	$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -29,7 +36,7 @@ demo: $(VENV)/.demo-installed
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed /usr/bin/chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PS) models pull smollm2-135m
 	$(PS) models pull qwen2.5-0.5b

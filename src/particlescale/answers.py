@@ -12,10 +12,10 @@ import re
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _PHRASE = re.compile(
-    r"(?:final answer is|answer is|answer:)\s*[:\s]*\$?([^\n$]+?)\$?\s*(?:\.|\n|$|I hope)",
+    r"(?:final answer is|answer is|answer:)\s*[:\s]*\$?([^\n$]+?)\$?\s*(?:\.(?:\s|$)|\n|$|I hope)",
     re.IGNORECASE,
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 
 
 def last_boxed(text: str) -> str | None:
@@ -68,7 +68,7 @@ def normalize_answer(answer: str | None) -> str | None:
     s = answer.strip()
     s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
     s = re.sub(r"\\(?:left|right|displaystyle|!|,|;)", "", s)
-    s = s.replace("$", "").replace("\\%", "").replace("%", "").replace("dfrac", "frac")
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "").replace("dfrac", "frac")
     s = s.replace("tfrac", "frac").replace("^\\circ", "").replace("^{\\circ}", "")
     s = re.sub(r"\s+", "", s).rstrip(".")
     num = _canonical_number(s)

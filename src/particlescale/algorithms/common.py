@@ -64,7 +64,8 @@ def potential(score: float | np.ndarray, transform: str) -> np.ndarray:
 def merged_step(steps: Sequence[Step]) -> Step:
     """The whole prefix as one step, for ``model`` aggregation (the PRM sees it as one step)."""
     return Step(text="".join(s.text for s in steps).strip(),
-                tokens=sum(s.tokens for s in steps), finish=steps[-1].finish)
+                tokens=sum(s.tokens for s in steps), finish=steps[-1].finish,
+                features=steps[-1].features)
 
 
 async def score_particles(

@@ -1,0 +1,64 @@
+"""``value``: a learned process reward from the generator's own hidden states.
+
+Each step's reward is a value head's P(the solution ends correct | prefix) evaluated on the
+final-layer hidden state at the step's last token, which the embedded llama.cpp engine
+records in ``Step.features`` from the decode that generated the step (no second pass). The
+cost is one small matrix product per step. See :mod:`particlescale.value.head`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from particlescale.errors import ConfigError, ModelError
+from particlescale.types import Problem, Step, Usage
+from particlescale.value.head import ValueHead
+
+PACKAGED_HEADS = {"qwen2.5-0.5b": "value-qwen2.5-0.5b.npz"}
+
+
+def packaged_head(model_name: str) -> Path:
+    """The head shipped in the package for a known generator model."""
+    if model_name not in PACKAGED_HEADS:
+        raise ModelError(
+            f"value reward: no packaged head for model {model_name!r} (packaged: "
+            f"{', '.join(PACKAGED_HEADS)}); train one with `particlescale train-prm --model "
+            f"{model_name} ...` and pass --reward value:PATH"
+        )
+    path = Path(str(resources.files("particlescale") / "data" / PACKAGED_HEADS[model_name]))
+    if not path.is_file():
+        raise ModelError(f"value reward: packaged head {path.name} is missing from this install")
+    return path
+
+
+class ValueReward:
+    """Reward = value head on ``Step.features``; needs a generator that records them."""
+
+    name = "value"
+    needs_features = True
+
+    def __init__(self, head: ValueHead, *, aggregation: str = "last") -> None:
+        self.head = head
+        self.default_aggregation = aggregation
+
+    async def score(self, problem: Problem, trajectories: Sequence[Sequence[Step]],
+                    usage: Usage) -> list[list[float]]:
+        out: list[list[float]] = []
+        for traj in trajectories:
+            if not traj:
+                out.append([])
+                continue
+            if any(s.features is None for s in traj):
+                raise ConfigError(
+                    "reward 'value': the steps carry no hidden states; use the embedded "
+                    "llama.cpp generator with features on (LlamaCppGenerator(..., "
+                    "features=True); `solve --reward value` does this)"
+                )
+            x = np.stack([np.asarray(s.features, dtype=np.float64) for s in traj])
+            out.append([float(v) for v in self.head.predict(x)])
+        usage.prm_calls += 1
+        return out

@@ -1,0 +1,179 @@
+"""``particlescale train-prm``: sample solutions, label step prefixes, fit a value head.
+
+Pipeline (OVM-style outcome supervision, Yu et al. 2023)::
+
+    for each of K training problems (seeded sample of the dataset):
+        sample S solutions step by step with the batched engine, recording the hidden state
+        at the last token of every step (Step.features, same decode as generation)
+        label every prefix of a solution with that solution's outcome (final answer correct)
+        store them in OUT.samples/<problem>.npz        (resumable: done problems are skipped)
+    fit a logistic (or MLP) head on the prefixes, validated on held-out *problems*
+    save the head with the model's sha256 and the training metadata
+
+Optional Monte-Carlo labels (Math-Shepherd, Wang et al. 2024) replace the outcome label of a
+prefix by the fraction of R rollouts from it that end correct (``mc_rollouts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from particlescale.algorithms.common import IdSource, extend, rollout
+from particlescale.answers import extract_answer
+from particlescale.errors import ConfigError
+from particlescale.protocols import Generator, SamplingParams
+from particlescale.types import Particle, Problem, Usage
+from particlescale.value.head import ValueHead, fit_head
+
+
+@dataclass
+class SampleSet:
+    """The labelled prefixes of one problem's sampled solutions."""
+
+    problem_id: str
+    features: np.ndarray  # (prefixes, dim)
+    labels: np.ndarray  # (prefixes,) outcome or Monte-Carlo label in [0, 1]
+    outcome: np.ndarray  # (prefixes,) outcome label of the solution the prefix belongs to
+    solution: np.ndarray  # (prefixes,) index of the solution within the problem
+    step: np.ndarray  # (prefixes,) 1-based step index
+    tokens: int
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, features=self.features.astype(np.float16), labels=self.labels,
+                            outcome=self.outcome, solution=self.solution, step=self.step,
+                            tokens=np.array(self.tokens))
+        tmp.replace(path)  # atomic: a killed run never leaves a torn shard
+
+    @staticmethod
+    def load(path: Path, problem_id: str) -> SampleSet:
+        z = np.load(path)
+        return SampleSet(problem_id, z["features"].astype(np.float64), z["labels"],
+                         z["outcome"], z["solution"], z["step"], int(z["tokens"]))
+
+
+def is_correct(gold: str, text: str) -> bool:
+    """Numeric grading of a GSM8K-style answer (the training sets here are numeric)."""
+    from particlescale.eval.grading import grade_numeric
+
+    g = grade_numeric(gold, extract_answer(text), lenient=True)
+    return bool(g and g.correct)
+
+
+async def sample_problem(
+    generator: Generator,
+    problem: Problem,
+    samples: int,
+    params: SamplingParams,
+    seed: int,
+    max_steps: int,
+    usage: Usage,
+) -> list[Particle]:
+    """S complete solutions of one problem, each step carrying its hidden state."""
+    rng = np.random.default_rng(seed)
+    session = generator.session(problem, params, rng, usage)
+    ids = IdSource()
+    try:
+        first = await extend(session, [Particle(id=ids())], [samples], ids, max_steps)
+        session.release([p for p in first if p.finished])
+        return await rollout(session, first, ids, max_steps)
+    finally:
+        await session.aclose()
+
+
+def label_solutions(problem: Problem, solutions: Sequence[Particle]) -> SampleSet:
+    if problem.answer is None:
+        raise ConfigError(f"dataset: problem {problem.id!r} has no gold answer; train-prm needs "
+                          "a dataset with gold answers (map the answer field)")
+    feats, labels, sol, step = [], [], [], []
+    tokens = 0
+    for j, p in enumerate(solutions):
+        ok = float(is_correct(problem.answer, p.text))
+        tokens += sum(s.tokens for s in p.steps)
+        for i, s in enumerate(p.steps):
+            if s.features is None:
+                raise ConfigError("generator: steps carry no hidden states; create the "
+                                  "embedded generator with features=True")
+            feats.append(np.asarray(s.features, dtype=np.float64))
+            labels.append(ok)
+            sol.append(j)
+            step.append(i + 1)
+    x = np.stack(feats) if feats else np.zeros((0, 0))
+    y = np.array(labels)
+    return SampleSet(problem.id, x, y, y.copy(), np.array(sol), np.array(step), tokens)
+
+
+def _shard(out: Path, problem_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in problem_id)
+    return out / f"{safe}.npz"
+
+
+async def collect(
+    generator: Generator,
+    problems: Sequence[Problem],
+    samples: int,
+    out: Path,
+    *,
+    seed: int = 0,
+    params: SamplingParams | None = None,
+    max_steps: int = 40,
+    concurrency: int = 4,
+    on_done: Callable[[SampleSet, bool], None] | None = None,
+) -> list[SampleSet]:
+    """Sample and label every problem, writing one shard per problem as soon as it is done;
+    problems whose shard exists are loaded, not re-sampled (resume)."""
+    out.mkdir(parents=True, exist_ok=True)
+    params = params or SamplingParams()
+    sem = asyncio.Semaphore(concurrency)
+    results: dict[str, SampleSet] = {}
+
+    async def one(k: int, problem: Problem) -> None:
+        path = _shard(out, problem.id)
+        if path.exists():
+            results[problem.id] = SampleSet.load(path, problem.id)
+            if on_done:
+                on_done(results[problem.id], True)
+            return
+        async with sem:
+            sols = await sample_problem(generator, problem, samples, params, seed * 100_003 + k,
+                                        max_steps, Usage())
+        s = label_solutions(problem, sols)
+        s.save(path)
+        results[problem.id] = s
+        if on_done:
+            on_done(s, False)
+
+    await asyncio.gather(*(one(k, p) for k, p in enumerate(problems)))
+    return [results[p.id] for p in problems]
+
+
+def fit_from_sets(
+    sets: Sequence[SampleSet],
+    *,
+    kind: str = "logistic",
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[ValueHead, dict[str, float]]:
+    sets = [s for s in sets if len(s.labels)]
+    if not sets:
+        raise ConfigError("training data: no labelled prefixes were produced")
+    x = np.concatenate([s.features for s in sets])
+    y = np.concatenate([s.labels for s in sets])
+    groups = np.concatenate([[s.problem_id] * len(s.labels) for s in sets])
+    return fit_head(x, y, groups, kind=kind, seed=seed, metadata=metadata)
+
+
+def write_head(head: ValueHead, path: Path, info: dict[str, Any]) -> None:
+    head.metadata.update(info)
+    head.metadata["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head.save(path)
+    path.with_suffix(".json").write_text(json.dumps(head.metadata, indent=2, default=str))

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import sys
 
+# Command modules (each registers its commands on `app` when imported).
+from particlescale.cli import eval as _eval  # noqa: F401
+from particlescale.cli import methods as _methods  # noqa: F401
+from particlescale.cli import models as _models  # noqa: F401
+from particlescale.cli import report as _report  # noqa: F401
+from particlescale.cli import serve as _serve  # noqa: F401
+from particlescale.cli import solve as _solve  # noqa: F401
+from particlescale.cli import train_prm as _train_prm  # noqa: F401
+from particlescale.cli import view as _view  # noqa: F401
 from particlescale.cli.app import app
 from particlescale.errors import ParticlescaleError
-
-# Command modules (each registers its commands on `app` when imported).
-from particlescale.cli import methods as _methods  # noqa: F401, E402
 
 __all__ = ["app", "main"]
 

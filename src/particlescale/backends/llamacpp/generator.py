@@ -1,0 +1,132 @@
+"""``LlamaCppGenerator``: the :class:`~particlescale.protocols.Generator` on the batched engine.
+
+A session renders the problem with the model's chat template once (system prompt:
+``Problem.system_prompt`` or the search-and-learn math prompt), and turns each
+``extend(parents, children)`` into one engine job: every parent's KV sequence is forked into
+its children (the last child takes the parent's own sequence), and the children's tokens of
+all sessions sharing the engine are decoded together.
+
+Reproducibility: for each child, in the order parent 0 child 0, parent 0 child 1, ..., the
+session draws one 63-bit seed from its RNG; the child samples its tokens from its own stream.
+The same seed gives the same tokens whether the parent's sequence was forked from the cache
+or rebuilt from its tokens, and whatever else shares the batch.
+
+Usage: ``prompt_tokens`` counts tokens decoded that the session did not just generate (the
+prompt, once, plus any sequence rebuilt after a release or an eviction);
+``generated_tokens`` counts sampled tokens; ``lm_calls`` counts ``extend`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from particlescale.backends.llamacpp.engine import LlamaEngine, ParentSpec, SeqHandle
+from particlescale.models import DEFAULT_GENERATOR
+from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
+from particlescale.protocols import SamplingParams
+from particlescale.types import Particle, Problem, Step, Usage
+
+SEED_HIGH = 2**63 - 1
+
+
+class LlamaCppSession:
+    """Generation state of one problem on a shared :class:`LlamaEngine`."""
+
+    def __init__(self, gen: LlamaCppGenerator, problem: Problem, params: SamplingParams,
+                 rng: np.random.Generator, usage: Usage) -> None:
+        self.engine = gen.engine
+        self.params = params
+        self.rng = rng
+        self.usage = usage
+        system = problem.system_prompt if problem.system_prompt is not None else gen.system_prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": problem.question}]
+        self.prompt = self.engine.chat_tokens(messages)
+        self.state = self.engine.open_session(self.prompt)
+        self.closed = False
+
+    def _continuation_tokens(self, steps: Sequence[Step]) -> list[int]:
+        """The tokens of a particle rebuilt from its text (its handle is gone or foreign)."""
+        delim = self.params.delimiter
+        text = "".join(s.text + (delim if s.finish == "step" else "") for s in steps)
+        return self.engine.tokenize(text) if text else []
+
+    async def extend(self, parents: Sequence[Particle], children: Sequence[int]
+                     ) -> list[list[Step]]:
+        if len(parents) != len(children):
+            raise ValueError(f"children: got {len(children)} counts for {len(parents)} parents")
+        self.usage.lm_calls += 1
+        specs: list[ParentSpec] = []
+        for parent, k in zip(parents, children, strict=True):
+            k = int(k)
+            if k < 0:
+                raise ValueError(f"children: counts must be >= 0, got {k}")
+            seeds = [int(x) for x in self.rng.integers(0, SEED_HIGH, size=k)]
+            h = parent.handle
+            if not parent.steps:
+                specs.append(ParentSpec(k, seeds, root=True))
+            elif isinstance(h, SeqHandle) and h.owner is self.state:
+                live = h.state == "live"
+                h.state = "consumed"
+                specs.append(ParentSpec(k, seeds, handle=h if live else None, tokens=h.tokens,
+                                        carry=h.carry))
+            else:
+                toks = tuple(self._continuation_tokens(parent.steps))
+                specs.append(ParentSpec(k, seeds, tokens=toks, root=not toks))
+        out = await self.engine.extend(self.state, specs, self.params)
+        self.usage.prompt_tokens += out.prompt_tokens
+        self.usage.generated_tokens += out.generated_tokens
+        return out.steps
+
+    def release(self, particles: Iterable[Particle]) -> None:
+        handles = []
+        for p in particles:
+            h = p.handle
+            if isinstance(h, SeqHandle) and h.owner is self.state and h.state == "live":
+                h.state = "released"
+                handles.append(h)
+        self.engine.release(handles)
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.engine.close_session(self.state)
+
+
+class LlamaCppGenerator:
+    """Generator on an in-process llama.cpp model.
+
+    ``model`` is a :class:`LlamaEngine` to share (e.g. with a judge reward or other
+    generators), or a model spec (known name, ``.gguf`` path, ``hf:OWNER/REPO/FILE``) for which
+    an engine is created with ``engine_options`` (``n_ctx``, ``n_seq_max``, ``embeddings``...).
+    """
+
+    def __init__(self, model: LlamaEngine | str | os.PathLike[str] = DEFAULT_GENERATOR, *,
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, **engine_options: Any) -> None:
+        if isinstance(model, LlamaEngine):
+            if engine_options:
+                raise ValueError("engine_options: pass them to LlamaEngine, not with an engine")
+            self.engine, self._owns = model, False
+        else:
+            self.engine, self._owns = LlamaEngine(model, **engine_options), True
+        self.system_prompt = system_prompt
+        self.name = f"llamacpp:{self.engine.model_name}"
+
+    def session(self, problem: Problem, params: SamplingParams, rng: np.random.Generator,
+                usage: Usage) -> LlamaCppSession:
+        return LlamaCppSession(self, problem, params, rng, usage)
+
+    def close(self) -> None:
+        """Free the engine if this generator created it."""
+        if self._owns:
+            self.engine.close()
+
+    def __enter__(self) -> LlamaCppGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,303 @@
+"""A generator over any OpenAI-compatible server: vLLM, SGLang, llama.cpp's llama-server,
+``python -m llama_cpp.server``, or the OpenAI API.
+
+One step of a population is as few requests as the wire allows::
+
+    prefix = chat_template(system, question)          # once per problem (see templates.py)
+    for each parent i, concurrently:                  # one request per parent, not per child
+        POST /v1/completions {prompt: prefix + parent's steps, n: children[i],
+                              stop: [delimiter], seed: from the session's rng, ...}
+        child step = choice text (+ the delimiter when it stopped there)
+        finish     = step | eos | length               (finish_reason + stop_reason)
+
+All requests to one server share one concurrency limit (``max_concurrency``), however many
+problems are solved at once; with several ``base_urls`` (replicas) the requests of one problem
+stay on one replica (a stable hash of the problem) so the server's prefix cache sees the
+shared prompt again. A request that fails after its retries raises
+:class:`particlescale.errors.BackendError`: the problem fails, never silently, and problems
+running beside it go on.
+
+There is no KV handle to move between steps (the server's prefix cache plays that part):
+steps carry ``handle=None``; ``release``/``aclose`` only keep counts.
+
+``mode="chat"`` sends ``/v1/chat/completions`` instead, with the steps so far as a final
+assistant message to continue (vLLM's ``continue_final_message``; SGLang likewise): the server
+renders the template on every request. Use it for servers that offer no completions route.
+The OpenAI API has no way to continue an assistant message, so chat mode there answers afresh
+after the steps so far rather than continuing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from particlescale.backends.http import HttpEndpoint, split_base_url
+from particlescale.backends.openai import templates, wire
+from particlescale.errors import BackendError, ConfigError
+from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
+from particlescale.protocols import SamplingParams
+from particlescale.types import Particle, Problem, Step, Usage
+
+T = TypeVar("T")
+MODES = ("completions", "chat")
+PREFIX_CACHE_SIZE = 4096
+
+
+async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run awaitables concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+@dataclass
+class _Replica:
+    endpoint: HttpEndpoint
+    api: str  # path prefix of the OpenAI routes on this server, normally "/v1"
+    kind: wire.ServerKind | None = None
+    lock: asyncio.Lock | None = None
+    lock_loop: asyncio.AbstractEventLoop | None = None
+
+
+class OpenAIGenerator:
+    """Generator for OpenAI-compatible servers.
+
+    ``base_urls``: one URL or several replicas (``http://host:8000/v1``; ``/v1`` optional).
+    ``model``: the served model name (``None``: the first model the server lists).
+    ``server_kind``: ``vllm``, ``sglang``, ``llamacpp``, ``openai`` or ``auto`` (probe
+    ``/v1/models``; decides which extra parameters the server is sent, see ``wire.py``).
+    ``mode``: ``completions`` (prompt rendered once, steps appended as text) or ``chat``.
+    ``template``: ``auto``, ``server``, ``hf``, ``qwen``, ``llama3`` (see ``templates.py``).
+    ``system_prompt``: default for problems without their own (the paper's math prompt).
+    ``max_n_per_request``: split a parent's children over several requests of at most this
+    many (llama-server caps ``n_cmpl`` at its ``--parallel``).
+    """
+
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        server_kind: str = "auto",
+        mode: str = "completions",
+        template: str = "auto",
+        system_prompt: str | None = None,
+        max_concurrency: int = 64,
+        timeout: float = 120.0,
+        retries: int = 4,
+        max_n_per_request: int | None = None,
+    ) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ConfigError("base_urls: give at least one server URL, e.g. "
+                              "http://localhost:8000/v1")
+        if server_kind not in wire.SERVER_KINDS:
+            raise ConfigError(f"server_kind: unknown {server_kind!r}; choose one of "
+                              f"{', '.join(wire.SERVER_KINDS)}")
+        if mode not in MODES:
+            raise ConfigError(f"mode: unknown {mode!r}; choose 'completions' or 'chat'")
+        if template not in ("auto", "server", "hf", *templates.BUILTIN):
+            raise ConfigError(f"template: unknown {template!r}; choose auto, server, hf, "
+                              f"{', '.join(templates.BUILTIN)}")
+        if max_n_per_request is not None and max_n_per_request < 1:
+            raise ConfigError("max_n_per_request: must be >= 1 or None")
+        self.model = model
+        self.mode = mode
+        self.template = template
+        self.system_prompt = system_prompt
+        self.server_kind = server_kind
+        self.max_n_per_request = max_n_per_request
+        self.replicas: list[_Replica] = []
+        for url in urls:
+            root, api = split_base_url(url)
+            endpoint = HttpEndpoint(root, api_key=api_key, timeout=timeout, retries=retries,
+                                    max_concurrency=max_concurrency)
+            kind = None if server_kind == "auto" else server_kind
+            self.replicas.append(_Replica(endpoint, api[len(root):], kind))  # type: ignore[arg-type]
+        self._prefixes: dict[tuple[int, str, str], str] = {}
+        self._local_template: templates.Template | None = None
+        self.sessions_opened = 0
+        self.released = 0
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model or '?'}"
+
+    def replica_index(self, problem: Problem) -> int:
+        """The replica serving ``problem``: a stable hash, so one problem stays on one server."""
+        key = f"{problem.id}\x00{problem.question}".encode()
+        return zlib.crc32(key) % len(self.replicas)
+
+    def session(self, problem: Problem, params: SamplingParams, rng: np.random.Generator,
+                usage: Usage) -> OpenAISession:
+        self.sessions_opened += 1
+        return OpenAISession(self, problem, params, rng, usage,
+                             self.replicas[self.replica_index(problem)])
+
+    async def aclose(self) -> None:
+        for r in self.replicas:
+            await r.endpoint.aclose()
+
+    # -- server discovery -------------------------------------------------------------------
+
+    async def _prepare(self, replica: _Replica) -> wire.ServerKind:
+        """Probe ``/v1/models`` once per replica for the kind and, if unset, the model."""
+        if replica.kind is not None and self.model is not None:
+            return replica.kind
+        loop = asyncio.get_running_loop()
+        if replica.lock is None or replica.lock_loop is not loop:  # a lock serves one loop
+            replica.lock, replica.lock_loop = asyncio.Lock(), loop
+        async with replica.lock:
+            if replica.kind is None or self.model is None:
+                listing = await replica.endpoint.get(replica.api + "/models")
+                try:
+                    first = listing["data"][0]
+                except (KeyError, IndexError, TypeError) as e:
+                    raise BackendError(f"{replica.endpoint.base_url}{replica.api}/models lists "
+                                       f"no model: {str(listing)[:200]}",
+                                       kind="protocol") from e
+                if self.model is None:
+                    self.model = str(first["id"])
+                if replica.kind is None:
+                    replica.kind = wire.kind_from_owner(str(first.get("owned_by", "")))
+        assert replica.kind is not None
+        return replica.kind
+
+    async def prefix(self, replica: _Replica, system: str, question: str) -> str:
+        """The rendered chat prefix (generation prompt included), cached per problem."""
+        key = (self.replicas.index(replica), system, question)
+        if key in self._prefixes:
+            return self._prefixes[key]
+        kind = await self._prepare(replica)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        text = await self._render(replica, kind, messages)
+        if len(self._prefixes) >= PREFIX_CACHE_SIZE:  # bounded: evict the oldest problem
+            self._prefixes.pop(next(iter(self._prefixes)))
+        self._prefixes[key] = text
+        return text
+
+    async def _render(self, replica: _Replica, kind: wire.ServerKind,
+                      messages: list[dict[str, str]]) -> str:
+        use_server = self.template == "server" or (
+            self.template == "auto" and kind in ("vllm", "llamacpp"))
+        if use_server:
+            if kind == "vllm":
+                tok = await replica.endpoint.post("/tokenize", {
+                    "model": self.model, "messages": messages, "add_generation_prompt": True,
+                    "add_special_tokens": False})
+                detok = await replica.endpoint.post("/detokenize", {
+                    "model": self.model, "tokens": tok["tokens"]})
+                return str(detok["prompt"])
+            if kind == "llamacpp":
+                out = await replica.endpoint.post("/apply-template", {"messages": messages})
+                return str(out["prompt"])
+            raise ConfigError(f"template: 'server' needs a vLLM or llama.cpp server, this one "
+                              f"is {kind!r}; pick template='auto', 'hf', 'qwen' or 'llama3'")
+        if self._local_template is None:
+            assert self.model is not None
+            self._local_template = templates.local_template(self.model, self.template)
+        return self._local_template(messages)
+
+
+@dataclass
+class OpenAISession:
+    """The generation state of one problem: its prefix, replica, seeds and usage."""
+
+    gen: OpenAIGenerator
+    problem: Problem
+    params: SamplingParams
+    rng: np.random.Generator
+    usage: Usage
+    replica: _Replica
+    released: int = 0
+    closed: bool = False
+    _prefix: str | None = field(default=None, repr=False)
+
+    @property
+    def system(self) -> str:
+        return self.problem.system_prompt or self.gen.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+    async def extend(self, parents: Sequence[Particle],
+                     children: Sequence[int]) -> list[list[Step]]:
+        if self.closed:
+            raise RuntimeError("extend() on a closed session")
+        if len(parents) != len(children):
+            raise ValueError("parents and children must have the same length")
+        kind = await self.gen._prepare(self.replica)
+        if self.gen.mode == "completions" and self._prefix is None:
+            self._prefix = await self.gen.prefix(self.replica, self.system, self.problem.question)
+        # Seeds are drawn before any request starts, so they do not depend on scheduling.
+        seeds = [int(s) for s in self.rng.integers(0, 2**31 - 1, size=len(parents))]
+        jobs = [self._children(kind, p, int(k), seed)
+                for p, k, seed in zip(parents, children, seeds, strict=True)]
+        return await gather_or_cancel(jobs)
+
+    async def _children(self, kind: wire.ServerKind, parent: Particle, k: int,
+                        seed: int) -> list[Step]:
+        if k <= 0:
+            return []
+        delimiter = self.params.delimiter
+        greedy = self.params.temperature == 0
+        want = 1 if greedy else k
+        cap = self.gen.max_n_per_request or want
+        samples: list[wire.Sample] = []
+        while len(samples) < want:
+            n = min(cap, want - len(samples))
+            got = await self._request(kind, parent, n, seed)
+            if not got:
+                raise BackendError("the server answered with no completion choices",
+                                   kind="protocol")
+            samples.extend(got[:n])
+            seed += 1  # servers that ignore n get the missing samples with fresh seeds
+        steps = [Step(text=s.text + (delimiter if s.finish == "step" else ""),
+                      tokens=s.tokens or 0, finish=s.finish) for s in samples]
+        return [steps[0]] * k if greedy else steps
+
+    async def _request(self, kind: wire.ServerKind, parent: Particle, n: int,
+                       seed: int) -> list[wire.Sample]:
+        gen, ep, model = self.gen, self.replica.endpoint, self.gen.model
+        assert model is not None
+        if gen.mode == "chat":
+            messages = [{"role": "system", "content": self.system},
+                        {"role": "user", "content": self.problem.question}]
+            if parent.steps:
+                messages.append({"role": "assistant", "content": parent.text})
+            body = wire.chat_body(kind, model, messages, n, self.params, seed)
+            parsed = wire.parse_openai(kind, await ep.post(self.replica.api + "/chat/completions",
+                                                           body), chat=True)
+        elif kind == "llamacpp":
+            body = wire.llamacpp_body(self._prompt(parent), n, self.params, seed)
+            parsed = wire.parse_llamacpp(await ep.post("/completion", body))
+        else:
+            body = wire.completion_body(kind, model, self._prompt(parent), n, self.params, seed)
+            parsed = wire.parse_openai(kind, await ep.post(self.replica.api + "/completions",
+                                                           body), chat=False)
+        self.usage.lm_calls += 1
+        self.usage.prompt_tokens += parsed.prompt_tokens
+        self.usage.generated_tokens += parsed.completion_tokens
+        return parsed.samples
+
+    def _prompt(self, parent: Particle) -> str:
+        assert self._prefix is not None
+        return self._prefix + parent.text
+
+    def release(self, particles: Iterable[Particle]) -> None:
+        # No server-side state to free: the server's prefix cache manages itself.
+        n = sum(1 for _ in particles)
+        self.released += n
+        self.gen.released += n
+
+    async def aclose(self) -> None:
+        self.closed = True

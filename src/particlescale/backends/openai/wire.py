@@ -1,0 +1,212 @@
+"""Request bodies and response parsing for each kind of OpenAI-compatible server.
+
+Server kinds and what they are sent (every sampling parameter explicitly: vLLM and SGLang fill
+unsent ones from the model's ``generation_config.json``, e.g. Qwen2.5's top_k=20, top_p=0.8,
+repetition_penalty=1.05, which would silently change the proposal distribution):
+
+``vllm``     ``/v1/completions`` with the OpenAI fields (model, prompt, n, temperature, top_p,
+             max_tokens, stop, seed, presence/frequency_penalty, stream) and vLLM's extras
+             (top_k=-1, min_p, repetition_penalty, min_tokens, ignore_eos,
+             include_stop_str_in_output, skip_special_tokens, add_special_tokens). top_k=-1 is
+             "disabled" in every vLLM from 0.2 to today (0 is rejected before ~0.8; -1 is
+             "quietly accepted" after). The step end is read from ``stop_reason``: the stop
+             string (delimiter) -> ``step``; ``None`` (EOS) or a stop token id -> ``eos``.
+             Checked against ``vllm/entrypoints/openai/protocol.py`` and
+             ``vllm/sampling_params.py`` (0.6 - 0.11 layouts).
+``sglang``   the same OpenAI fields plus SGLang's extras (top_k=-1, min_p,
+             repetition_penalty, min_tokens, ignore_eos, skip_special_tokens, no_stop_trim);
+             the step end from ``matched_stop`` (string -> ``step``; token id or None -> ``eos``).
+``llamacpp`` llama.cpp ``llama-server``'s native ``POST /completion`` (n_predict, top_k=0,
+             min_p=0, typical_p=1, repeat_penalty=1, mirostat=0, cache_prompt, ``n_cmpl`` for
+             several samples on servers since late 2025); the step end from ``stop_type``
+             (``word``/``eos``/``limit``), or the older ``stopped_word``/``stopped_eos`` flags.
+``openai``   only the official OpenAI fields (the OpenAI API rejects unknown ones). Without a
+             ``stop_reason`` the delimiter and EOS both read ``finish_reason="stop"``: the step
+             is taken as a ``step``, and an empty ``stop`` completion as ``eos`` (the model
+             ends the solution by answering nothing more). Servers that ignore ``n`` (e.g.
+             ``python -m llama_cpp.server``) are handled by asking again for the missing ones.
+
+Greedy decoding (temperature 0) asks for one completion and copies it: vLLM rejects ``n > 1``
+with greedy sampling, and the copies would be identical anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from particlescale.errors import BackendError
+from particlescale.protocols import SamplingParams
+from particlescale.types import FinishReason
+
+ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
+SERVER_KINDS: tuple[str, ...] = ("vllm", "sglang", "llamacpp", "openai", "auto")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One parsed completion: text as generated (delimiter not included), why it ended, and
+    its generated-token count when the server reports it per sample (else None)."""
+
+    text: str
+    finish: FinishReason
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    samples: list[Sample]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def kind_from_owner(owned_by: str) -> ServerKind:
+    """Server kind from ``/v1/models`` ``data[0].owned_by`` (vLLM: "vllm", SGLang: "sglang",
+    llama-server: "llamacpp"; anything else is treated as the strict OpenAI dialect)."""
+    owner = (owned_by or "").lower()
+    if owner in ("vllm", "sglang", "llamacpp"):
+        return owner  # type: ignore[return-value]
+    return "openai"
+
+
+def _common(model: str, n: int, params: SamplingParams, seed: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "n": n,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_step_tokens,
+        "stop": [params.delimiter],
+        "seed": seed,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stream": False,
+    }
+
+
+def _extras(kind: ServerKind, *, chat_template_applied: bool) -> dict[str, Any]:
+    if kind == "vllm":
+        return {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
+                "ignore_eos": False, "include_stop_str_in_output": False,
+                "skip_special_tokens": True,
+                # The rendered chat prefix already holds BOS where the template wants it.
+                "add_special_tokens": not chat_template_applied}
+    if kind == "sglang":
+        return {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
+                "ignore_eos": False, "skip_special_tokens": True, "no_stop_trim": False}
+    return {}
+
+
+def completion_body(kind: ServerKind, model: str, prompt: str, n: int, params: SamplingParams,
+                    seed: int, *, chat_template_applied: bool = True) -> dict[str, Any]:
+    """Body of ``POST /v1/completions`` for one parent and ``n`` children."""
+    return {**_common(model, n, params, seed), "prompt": prompt,
+            **_extras(kind, chat_template_applied=chat_template_applied)}
+
+
+def chat_body(kind: ServerKind, model: str, messages: list[dict[str, str]], n: int,
+              params: SamplingParams, seed: int) -> dict[str, Any]:
+    """Body of ``POST /v1/chat/completions``; a trailing assistant message is continued."""
+    body = {**_common(model, n, params, seed), "messages": messages}
+    continuing = messages[-1]["role"] == "assistant"
+    if kind == "vllm":
+        extras = _extras(kind, chat_template_applied=True)
+        extras.pop("add_special_tokens")
+        body.update(extras)
+        body["add_generation_prompt"] = not continuing
+        body["continue_final_message"] = continuing
+    elif kind == "sglang":
+        body.update(_extras(kind, chat_template_applied=True))
+        body["continue_final_message"] = continuing
+    return body
+
+
+def llamacpp_body(prompt: str, n: int, params: SamplingParams, seed: int) -> dict[str, Any]:
+    """Body of llama-server's native ``POST /completion``."""
+    body: dict[str, Any] = {
+        "prompt": prompt, "n_predict": params.max_step_tokens,
+        "temperature": params.temperature, "top_p": params.top_p, "top_k": 0, "min_p": 0.0,
+        "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+        "frequency_penalty": 0.0, "mirostat": 0, "seed": seed, "stop": [params.delimiter],
+        "cache_prompt": True, "stream": False, "n_probs": 0,
+    }
+    if n > 1:
+        body["n_cmpl"] = n
+    return body
+
+
+def _finish(kind: ServerKind, choice: dict[str, Any], text: str) -> FinishReason:
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason != "stop":
+        raise BackendError(f"completion ended with finish_reason={reason!r} "
+                           "(expected 'stop' or 'length'); the request was aborted upstream",
+                           kind="protocol")
+    # vLLM: stop_reason = the matched stop string, a stop token id, or None (EOS).
+    # SGLang: matched_stop likewise. Either may appear behind a proxy: use what is there.
+    for key in ("stop_reason", "matched_stop"):
+        if key in choice:
+            return "step" if isinstance(choice[key], str) else "eos"
+    return "step" if text else "eos"
+
+
+def _allocate(samples: list[tuple[str, FinishReason, int | None]], total: int) -> list[Sample]:
+    """Give each sample its token count: the server's own when reported, else the total
+    split in proportion to text length (exact sum, largest remainders)."""
+    known = [t for _, _, t in samples if t is not None]
+    if len(known) == len(samples):
+        return [Sample(x, f, t) for x, f, t in samples]
+    lengths = [max(1, len(x)) for x, _, _ in samples]
+    z = sum(lengths)
+    raw = [total * ln / z for ln in lengths]
+    counts = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return [Sample(x, f, c) for (x, f, _), c in zip(samples, counts, strict=True)]
+
+
+def parse_openai(kind: ServerKind, body: Any, *, chat: bool) -> Parsed:
+    """Samples of a ``/v1/completions`` (or chat) answer, in choice-index order."""
+    try:
+        choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+        usage = body.get("usage") or {}
+        raw = []
+        for c in choices:
+            text = (c["message"]["content"] or "") if chat else c["text"]
+            tokens = len(c["token_ids"]) if isinstance(c.get("token_ids"), list) else None
+            raw.append((text, _finish(kind, c, text), tokens))
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BackendError(f"malformed completion answer ({type(e).__name__}: {e}): "
+                           f"{str(body)[:200]}", kind="protocol") from e
+    return Parsed(_allocate(raw, completion_tokens), prompt_tokens, completion_tokens)
+
+
+def parse_llamacpp(body: Any) -> Parsed:
+    """Samples of a llama-server ``/completion`` answer (one object, or a list for n_cmpl)."""
+    items = body if isinstance(body, list) else [body]
+    samples = []
+    prompt_tokens = 0
+    completion_tokens = 0
+    try:
+        for it in items:
+            stop_type = it.get("stop_type")
+            if stop_type is None:  # before llama.cpp b4000-ish: boolean flags
+                stop_type = ("word" if it.get("stopped_word") else
+                             "eos" if it.get("stopped_eos") else
+                             "limit" if it.get("stopped_limit") else "none")
+            finish: FinishReason = {"word": "step", "eos": "eos", "limit": "length"}.get(
+                stop_type, "step")
+            if stop_type == "none":
+                raise BackendError(f"llama.cpp completion did not stop ({it})",
+                                   kind="protocol")
+            n_gen = int(it.get("tokens_predicted") or 0)
+            samples.append(Sample(it["content"], finish, n_gen))
+            prompt_tokens = max(prompt_tokens, int(it.get("tokens_evaluated") or 0))
+            completion_tokens += n_gen
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BackendError(f"malformed llama.cpp answer ({e}): {str(body)[:200]}",
+                           kind="protocol") from e
+    return Parsed(samples, prompt_tokens, completion_tokens)

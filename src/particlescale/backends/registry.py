@@ -1,0 +1,63 @@
+"""Building a generator from a spec string (``--generator`` on the CLI, the server's config).
+
+A spec is ``PREFIX:ARGUMENT``. Each backend registers a builder for its prefix in
+:data:`GENERATORS`; a builder gets the argument and the keyword options (``model``,
+``api_key``, ...)::
+
+    openai:http://host:8000/v1[,http://host2:8000/v1]   OpenAI-compatible server(s)
+
+Another backend adds itself with one line: ``GENERATORS["llamacpp"] = build_llamacpp``.
+``FALLBACK``, when set, builds specs without a registered prefix (e.g. a bare model name).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from particlescale.errors import ConfigError
+from particlescale.protocols import Generator
+
+Builder = Callable[..., Generator]
+
+
+def api_key_from_env(api_key: str | None) -> str | None:
+    """``api_key`` if given, else ``PARTICLESCALE_API_KEY``, else ``OPENAI_API_KEY``."""
+    return api_key or os.environ.get("PARTICLESCALE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
+def build_openai(arg: str, *, model: str | None = None, api_key: str | None = None,
+                 **kw: Any) -> Generator:
+    from particlescale.backends.openai import OpenAIGenerator
+
+    urls = [u.strip() for u in arg.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError("generator: 'openai:' needs a server URL, e.g. "
+                          "openai:http://localhost:8000/v1")
+    return OpenAIGenerator(urls, model, api_key=api_key_from_env(api_key), **kw)
+
+
+def build_llamacpp(arg: str, *, model: str | None = None, api_key: str | None = None,
+                   **kw: Any) -> Generator:
+    """``llamacpp:MODEL`` (or ``llamacpp:`` with ``model=``): the embedded batched engine."""
+    from particlescale.backends.llamacpp import LlamaCppGenerator
+    from particlescale.models import DEFAULT_GENERATOR
+
+    return LlamaCppGenerator(arg or model or DEFAULT_GENERATOR, **kw)
+
+
+GENERATORS: dict[str, Builder] = {"openai": build_openai, "llamacpp": build_llamacpp}
+FALLBACK: Builder | None = None
+
+
+def make_generator(spec: str, *, model: str | None = None, api_key: str | None = None,
+                   **kw: Any) -> Generator:
+    """A generator from ``spec``; unknown prefixes raise :class:`ConfigError` listing the known."""
+    prefix, sep, arg = spec.partition(":")
+    if sep and prefix in GENERATORS:
+        return GENERATORS[prefix](arg, model=model, api_key=api_key, **kw)
+    if FALLBACK is not None:
+        return FALLBACK(spec, model=model, api_key=api_key, **kw)
+    raise ConfigError(f"generator: unknown spec {spec!r}; use one of "
+                      f"{', '.join(p + ':...' for p in GENERATORS)}")

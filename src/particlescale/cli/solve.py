@@ -1,0 +1,220 @@
+"""``particlescale solve "QUESTION"``: solve one problem and show how the particles did.
+
+Everything that can be checked without a model (question, method, options, budget, seed,
+reward spec, trace path) is checked first, so a typo fails in milliseconds with one line
+``error: ...`` instead of after a model load. Then the generator and the reward are built,
+the method runs with a live status line (step, live / finished particles, ESS), and the
+answer and a table of the final particles (answer, weight, reward, steps) are printed.
+``--json`` prints the Result as JSON on stdout instead (progress stays on stderr). Ctrl-C
+cancels the run: the session, the reward and the engine are closed before exiting (130).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from particlescale.algorithms import make_config
+from particlescale.api import MAX_BUDGET, asolve
+from particlescale.cli.app import app
+from particlescale.errors import ConfigError
+from particlescale.models import DEFAULT_GENERATOR
+from particlescale.rewards.registry import DEFAULT_REWARD
+from particlescale.types import Problem, Result
+
+MAX_ROWS = 20
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["resampling=systematic", "ess_threshold=0.5"]`` → a dict of method options.
+
+    Values stay strings (pydantic converts ``"0.5"`` / ``"4"`` / ``"true"`` to the option's
+    type and names the option when it cannot); ``none`` / ``null`` mean None.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--option: expected KEY=VALUE, got {item!r} "
+                              "(e.g. -o resampling=systematic; see `particlescale methods`)")
+        value = value.strip()
+        out[key] = None if value.lower() in ("none", "null") else value
+    return out
+
+
+def _check_inputs(question: str, method: str, options: dict[str, Any], budget: int,
+                  seed: int | None, reward: str, trace: Path | None) -> None:
+    from particlescale.rewards.combine import parse_spec
+    from particlescale.rewards.registry import REWARDS
+
+    if not question.strip():
+        raise ConfigError("question: is empty; pass the problem text, e.g. "
+                          "particlescale solve \"What is 12 * 7?\"")
+    make_config(method, options)  # unknown method / option / bad value
+    if not 1 <= budget <= MAX_BUDGET:
+        raise ConfigError(f"--budget: must be between 1 and {MAX_BUDGET} particles, got {budget}")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed: must be >= 0, got {seed}")
+    for _, name in parse_spec(reward):
+        prefix = name.partition(":")[0].strip()
+        if prefix not in REWARDS:
+            raise ConfigError(f"--reward: unknown {prefix!r}; choose one of {', '.join(REWARDS)} "
+                              "or combine them, e.g. 'judge+arith'")
+    if trace is not None and not trace.expanduser().resolve().parent.is_dir():
+        raise ConfigError(f"--trace: the folder of {str(trace)!r} does not exist")
+
+
+def _build_generator(spec: str, model: str | None, api_key: str | None) -> Any:
+    from particlescale.backends.registry import GENERATORS, make_generator
+
+    if ":" not in spec and spec in GENERATORS:
+        spec = f"{spec}:"  # "llamacpp" = "llamacpp:" with --model
+    if spec.startswith("llamacpp:") and model is None:
+        model = DEFAULT_GENERATOR
+    return make_generator(spec, model=model, api_key=api_key)
+
+
+class _Status:
+    """The live status line fed by ``asolve``'s progress callback."""
+
+    def __init__(self, console: Console, method: str, budget: int) -> None:
+        self.console = console
+        self.head = f"[bold]{method}[/bold] N={budget}"
+        self.live = console.status(self.head + " · starting", spinner="dots")
+        self.interactive = console.is_terminal
+
+    def __enter__(self) -> _Status:
+        if self.interactive:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.interactive:
+            self.live.__exit__(None, None, None)
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        parts = [f"step {info.get('step')}"]
+        band = info.get("band")
+        if band and band not in ("pf", "samples"):
+            parts.insert(0, str(band))
+        if info.get("live") is not None:
+            parts.append(f"live {info['live']}")
+        if info.get("finished") is not None:
+            parts.append(f"finished {info['finished']}")
+        if info.get("ess") is not None:
+            parts.append(f"ESS {info['ess']:.1f}/{info.get('n', '?')}")
+        if info.get("resampled"):
+            parts.append("resampled")
+        line = " · ".join(parts)
+        if self.interactive:
+            self.live.update(f"{self.head} · {line}")
+        else:
+            self.console.print(line, highlight=False)
+
+
+def _print_result(console: Console, result: Result) -> None:
+    table = Table(title=f"final particles ({result.method}, budget {result.budget})")
+    for col, just in (("#", "right"), ("answer", "left"), ("weight", "right"),
+                      ("reward", "right"), ("steps", "right"), ("tokens", "right"),
+                      ("copies", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for i, c in enumerate(result.candidates[:MAX_ROWS], 1):
+        table.add_row(str(i), escape(c.answer or "—"), f"{c.weight:.3f}",
+                      "—" if c.score != c.score else f"{c.score:.3f}",  # NaN: unscored
+                      str(c.steps), str(c.tokens), str(c.copies))
+    if len(result.candidates) > MAX_ROWS:
+        table.caption = f"... and {len(result.candidates) - MAX_ROWS} more"
+    text = result.text
+    if text:
+        console.rule("solution")
+        console.print(escape(text.strip()), highlight=False)
+    console.print(table)
+    u = result.usage
+    console.print(f"[dim]{u.generated_tokens} tokens generated, {u.prompt_tokens} prompt tokens, "
+                  f"{u.prm_calls} reward calls, {u.wall_time:.1f} s[/dim]")
+    console.print(f"[bold]answer:[/bold] {escape(str(result.answer))}", highlight=False)
+
+
+async def _close(*things: Any) -> None:
+    for thing in things:
+        aclose = getattr(thing, "aclose", None)
+        if callable(aclose):
+            await aclose()
+        close = getattr(thing, "close", None)
+        if callable(close):
+            close()
+
+
+@app.command()
+def solve(
+    question: str = typer.Argument(..., help="the problem to solve"),
+    method: str = typer.Option("pf", "--method", "-m",
+                               help="pf, pg, pt, greedy, self-consistency, best-of-n, "
+                                    "weighted-best-of-n, beam, dvts"),
+    budget: int = typer.Option(8, "--budget", "-n", help="particles / samples (N; N*T for pg)"),
+    seed: int | None = typer.Option(None, "--seed", help="random seed (reproducible runs)"),
+    model: str | None = typer.Option(
+        None, "--model",
+        help=f"generator model: known name, .gguf path or hf:REPO/FILE (default "
+             f"{DEFAULT_GENERATOR}); with --generator openai:URL the served model's name"),
+    generator: str = typer.Option("llamacpp", "--generator",
+                                  help="llamacpp (embedded) or openai:URL[,URL...]"),
+    reward: str = typer.Option(DEFAULT_REWARD, "--reward", "-r",
+                               help="arith, logprob, judge[:MODEL|:URL], vllm-prm:URL, ... or a "
+                                    "product such as judge+arith, 0.5*arith+judge"),
+    option: list[str] = typer.Option([], "--option", "-o",
+                                     help="method option KEY=VALUE (repeatable; see "
+                                          "`particlescale methods`)"),
+    api_key: str | None = typer.Option(None, "--api-key",
+                                       help="key for openai:URL servers (else "
+                                            "PARTICLESCALE_API_KEY / OPENAI_API_KEY)"),
+    as_json: bool = typer.Option(False, "--json", help="print the Result as JSON on stdout"),
+    trace: Path | None = typer.Option(None, "--trace",
+                                      help="write the run's trace (JSON) to this file"),
+) -> None:
+    """Solve QUESTION with an inference-time scaling method and print the answer."""
+    options = parse_options(option)
+    _check_inputs(question, method, options, budget, seed, reward, trace)
+    err = Console(stderr=True)
+    out = Console() if not as_json else err
+    asyncio.run(_run(question, method, budget, seed, model, generator, reward, options, api_key,
+                     as_json, trace, err, out))
+
+
+async def _run(question: str, method: str, budget: int, seed: int | None, model: str | None,
+               generator_spec: str, reward_spec: str, options: dict[str, Any],
+               api_key: str | None, as_json: bool, trace: Path | None, err: Console,
+               out: Console) -> None:
+    from particlescale.rewards.registry import make_reward
+
+    gen = rew = None
+    try:
+        with err.status(f"loading {escape(model or generator_spec)} ..."):
+            gen = _build_generator(generator_spec, model, api_key)
+            rew = make_reward(reward_spec, generator=gen)
+        err.print(f"[dim]generator {escape(gen.name)}, reward {escape(rew.name)}[/dim]")
+        with _Status(err, method, budget) as status:
+            result = await asolve(Problem(question=question.strip()), generator=gen, reward=rew,
+                                  method=method, budget=budget, seed=seed, progress=status,
+                                  **options)
+    finally:
+        await _close(rew, gen)
+    if trace is not None:
+        try:
+            trace.expanduser().write_text(json.dumps(result.trace.to_dict(), indent=1))
+        except OSError as e:
+            raise ConfigError(f"--trace: cannot write {str(trace)!r}: {e.strerror}") from None
+    if as_json:
+        json.dump(result.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        _print_result(out, result)

@@ -38,8 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
-from particlescale.algorithms.common import IdSource, extend
-from particlescale.answers import extract_answer, normalize_answer
+from particlescale.answers import extract_answer, has_boxed, normalize_answer
 from particlescale.eval.grading import grade_numeric
 from particlescale.models import DEFAULT_GENERATOR
 from particlescale.protocols import SamplingParams
@@ -51,12 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "gsm8k_test.jsonl"
 TEMPERATURE = 0.8
 MAX_TOKENS = 400  # per solution (as in MODELS.md's first figures)
-MAX_STEP_TOKENS = 200
-MAX_STEPS = 20
-# 32 sequences decode together: more would be slower, not faster, on 2 cores (every sequence
-# attends over the whole unified KV cache, so cost grows with sequences x cached tokens).
-CONCURRENT_PROBLEMS = 4
+CONCURRENT_PROBLEMS = 5  # 40 sequences decode together
 SEED = 0
+NEVER = "\x00\x00"  # a delimiter that never occurs: sample whole solutions
 CHEAP = ["arith", "logprob", "arith*logprob", "0.5*arith+logprob", "2*arith+logprob"]
 JUDGED = ["judge", "judge*arith", "judge*arith*logprob"]
 
@@ -77,26 +73,32 @@ def is_correct(gold: str, steps: list[str]) -> bool:
 
 
 async def sample_one(gen: Any, problem: Problem, s: int, seed: int, usage: Usage) -> list[dict]:
-    """S solutions; a solution stops at EOS, a boxed answer, MAX_STEPS or MAX_TOKENS."""
-    params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=MAX_STEP_TOKENS)
+    """S solutions, each drawn in one go (no step barrier: the engine stays full) and split
+    into steps afterwards at blank lines, as the engine splits them; a solution ends at EOS,
+    MAX_TOKENS, or (like the algorithms' stopping rule) after the first step with \\boxed.
+
+    Only the solution's total log-prob is known, so it rides on the last step (earlier steps
+    carry 0 tokens): the ``logprob`` reward's *final* value, exp(total / tokens), is exact.
+    """
+    params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=MAX_TOKENS,
+                            delimiter=NEVER)
     session = gen.session(problem, params, np.random.default_rng(seed), usage)
-    ids = IdSource()
     try:
-        population = await extend(session, [Particle(id=ids())], [s], ids, MAX_STEPS)
-        while True:
-            for p in population:
-                if sum(st.tokens for st in p.steps) >= MAX_TOKENS:
-                    p.finished = True
-            session.release([p for p in population if p.finished])
-            live = [p for p in population if not p.finished]
-            if not live:
-                break
-            kids = iter(await extend(session, live, [1] * len(live), ids, MAX_STEPS))
-            population = [p if p.finished else next(kids) for p in population]
+        [whole] = await session.extend([Particle(id=0)], [s])
     finally:
         await session.aclose()
-    return [{"steps": [{"text": st.text, "tokens": st.tokens, "logprob": st.logprob,
-                        "finish": st.finish} for st in p.steps]} for p in population]
+    out = []
+    for step in whole:
+        texts = [t.strip("\n") for t in step.text.split("\n\n") if t.strip()]
+        for k, t in enumerate(texts):
+            if has_boxed(t):
+                texts = texts[: k + 1]
+                break
+        steps = [{"text": t, "tokens": 0, "logprob": 0.0, "finish": "step"} for t in texts]
+        if steps:
+            steps[-1].update(tokens=step.tokens, logprob=step.logprob, finish=step.finish)
+        out.append({"steps": steps})
+    return out
 
 
 async def sample_all(problems: list[Problem], s: int, done: dict[str, dict],
@@ -105,7 +107,7 @@ async def sample_all(problems: list[Problem], s: int, done: dict[str, dict],
     an interrupted run resumes)."""
     from particlescale.backends.llamacpp import LlamaCppGenerator
 
-    gen = LlamaCppGenerator(DEFAULT_GENERATOR, n_ctx=16384, n_seq_max=CONCURRENT_PROBLEMS * s)
+    gen = LlamaCppGenerator(DEFAULT_GENERATOR, n_ctx=16384, n_seq_max=CONCURRENT_PROBLEMS * (s + 1))
     usage = Usage()
     gate = asyncio.Semaphore(CONCURRENT_PROBLEMS)
     t0 = time.perf_counter()

@@ -67,11 +67,11 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
 def test_end_to_end_gsm8k_with_qwen(tmp_path: Path):
     need("qwen2.5-0.5b")
     out = tmp_path / "e2e"
-    # Capped (max_steps=4, max_step_tokens=64) to stay within ~3 minutes on 2 cores.
+    # Capped (max_steps=3, max_step_tokens=48) to stay within ~3 minutes on 2 cores.
     p = subprocess.run(
         [*CLI, "eval", "-d", "gsm8k", "--limit", "5", "--methods", "pf,best-of-n",
          "--budgets", "1,2", "--model", "qwen2.5-0.5b", "--reward", "arith",
-         "--options", "max_steps=4,max_step_tokens=64", "--concurrency", "5", "--traces",
+         "--options", "max_steps=3,max_step_tokens=48", "--concurrency", "5", "--traces",
          "--no-progress", "-o", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]

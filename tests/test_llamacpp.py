@@ -165,6 +165,19 @@ async def test_forked_distribution_matches_redecoded_prompt(engine):
 
 
 @pytest.mark.model
+async def test_root_is_reused_by_later_extends(gen):
+    """Extending the empty prefix again (particle Gibbs sweeps, restarts) forks the cached
+    prompt: nothing is re-decoded."""
+    s, usage = open_session(gen, delimiter=NEVER, max_step_tokens=4)
+    await s.extend([Particle(0)], [2])
+    assert usage.prompt_tokens == len(s.prompt)
+    again = await asyncio.wait_for(s.extend([Particle(0)], [3]), timeout=60)
+    assert [st.tokens for st in again[0]] == [4, 4, 4]
+    assert usage.prompt_tokens == len(s.prompt)
+    await s.aclose()
+
+
+@pytest.mark.model
 async def test_steps_end_at_delimiter_spanning_tokens(gen, engine):
     # "e " ends words like "the" and starts the next word's token: it spans token boundaries.
     s, _ = open_session(gen, seed=1, delimiter="e ", max_step_tokens=40,
@@ -337,5 +350,12 @@ def test_solve_end_to_end_with_pf(engine):
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "What is 2 + 2?"}]))
     assert result.usage.prompt_tokens == prompt_len
+    asyncio.run(engine.sync())
+    assert engine.live_sequences == 0
+
+    # particle Gibbs: several sweeps from the same (cached) prompt, a reference re-read
+    result = particlescale.solve("What is 2 + 2?", generator=gen, reward=reward, method="pg",
+                                 budget=6, iterations=2, seed=0, max_steps=2, max_step_tokens=16)
+    assert result.candidates
     asyncio.run(engine.sync())
     assert engine.live_sequences == 0

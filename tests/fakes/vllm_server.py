@@ -18,8 +18,9 @@ so the client code under test is the code users run against the real thing:
 - ``POST /pooling`` (``runner="pooling"``): STEP pooling at a step tag, ``data[i].data`` one
   row per tag, in the response variants of the vLLM versions users run (``pooling_variant``:
   ``rows``, ``flat``, ``base64``, ``logits``, or ``all`` = a misconfigured ALL pooler).
-- Errors in vLLM's two dialects (``error_style``: ``new`` = ``{"error": {...}}`` from 0.10 on,
-  ``old`` = flat ``{"object": "error", ...}``), 404 for an unknown model.
+- Errors in vLLM's two dialects (``error_style``: ``new`` = ``{"error": {...}}`` of recent
+  vLLM, about 0.10 on; ``old`` = the flat ``{"object": "error", ...}`` before), 404 for an
+  unknown model.
 - ``strict_openai=True`` emulates the official OpenAI API instead: unknown parameters (every
   vLLM extra) are rejected with OpenAI's "Unrecognized request argument supplied" 400, there is
   no ``stop_reason``, no ``/tokenize`` or ``/pooling``.

@@ -49,9 +49,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 def server_message(status: int, raw: bytes) -> str:
     """The human message inside an error body, whatever the server's error dialect.
 
-    vLLM >= 0.10 and llama.cpp: ``{"error": {"message": ...}}``; vLLM < 0.10 and SGLang:
-    ``{"object": "error", "message": ...}``; FastAPI: ``{"detail": ...}``; anything else: the
-    first 500 characters of the body.
+    recent vLLM (about 0.10 on) and llama.cpp: ``{"error": {"message": ...}}``; older vLLM
+    and SGLang: ``{"object": "error", "message": ...}``; FastAPI: ``{"detail": ...}``;
+    anything else: the first 500 characters of the body.
     """
     text = raw.decode("utf-8", "replace")
     try:

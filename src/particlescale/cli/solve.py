@@ -73,14 +73,17 @@ def _check_inputs(question: str, method: str, options: dict[str, Any], budget: i
         raise ConfigError(f"--trace: the folder of {str(trace)!r} does not exist")
 
 
-def _build_generator(spec: str, model: str | None, api_key: str | None) -> Any:
+def _build_generator(spec: str, model: str | None, api_key: str | None,
+                     features: bool = False) -> Any:
     from particlescale.backends.registry import GENERATORS, make_generator
 
     if ":" not in spec and spec in GENERATORS:
         spec = f"{spec}:"  # "llamacpp" = "llamacpp:" with --model
     if spec.startswith("llamacpp:") and model is None:
         model = DEFAULT_GENERATOR
-    return make_generator(spec, model=model, api_key=api_key)
+    # The value reward reads the engine's hidden states, recorded only when asked for.
+    kw = {"embeddings": True} if features and spec.startswith("llamacpp:") else {}
+    return make_generator(spec, model=model, api_key=api_key, **kw)
 
 
 class _Status:
@@ -186,8 +189,13 @@ def solve(
     _check_inputs(question, method, options, budget, seed, reward, trace)
     err = Console(stderr=True)
     out = Console() if not as_json else err
-    asyncio.run(_run(question, method, budget, seed, model, generator, reward, options, api_key,
-                     as_json, trace, err, out))
+    try:
+        asyncio.run(_run(question, method, budget, seed, model, generator, reward, options,
+                         api_key, as_json, trace, err, out))
+    except KeyboardInterrupt:
+        # asyncio.run has cancelled the run: its sessions and the engine are closed by now.
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
 
 
 async def _run(question: str, method: str, budget: int, seed: int | None, model: str | None,
@@ -199,7 +207,8 @@ async def _run(question: str, method: str, budget: int, seed: int | None, model:
     gen = rew = None
     try:
         with err.status(f"loading {escape(model or generator_spec)} ..."):
-            gen = _build_generator(generator_spec, model, api_key)
+            gen = _build_generator(generator_spec, model, api_key,
+                                   features="value" in reward_spec)
             rew = make_reward(reward_spec, generator=gen)
         err.print(f"[dim]generator {escape(gen.name)}, reward {escape(rew.name)}[/dim]")
         with _Status(err, method, budget) as status:

@@ -56,7 +56,8 @@ _REPLACEMENTS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\\[()\[\]]|\*\*|&|<<|>>", " ; "),  # math delimiters, markdown bold, aligns, calc marks
         (r"\\(?:times|cdot|ast)\b|[×·⋅∙∗]", " * "),
         (r"\\div\b|÷", " / "),
-        (r"\\approx\b|≈|\\sim\b|~", " ≈ "),
+        (r"\\approx\b|≈|\\sim\b", " ≈ "),
+        (r"~", " "),  # a LaTeX non-breaking space
         (r"[−–](?=\s*[\d(.])", "-"),  # unicode minus / en dash used as minus
         (r"\\%", "%"),
         (r"\\\$|\$|€|£", " "),

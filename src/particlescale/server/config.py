@@ -110,7 +110,8 @@ class ServerConfig(_Strict):
         None, description="Model ids standing for method + budget; None = pf-4, pf-8, pf-16.")
     limits: Limits = Field(default_factory=Limits)
     api_keys: tuple[str, ...] = Field(
-        (), description="Accepted bearer keys (prefer api_keys_env: files get copied around).")
+        (), repr=False,
+        description="Accepted bearer keys (prefer api_keys_env: files get copied around).")
     api_keys_env: str | None = Field(
         "PARTICLESCALE_API_KEYS", description="Environment variable with comma-separated keys.")
 

@@ -365,6 +365,10 @@ class LlamaEngine:
         self._waiting: deque[_Want] = deque()
         self._jobs: list[_Job] = []
         self._tick_no = 0
+        # (child, logits row, feature row, index) to sample, filled by forks and decodes
+        self._sample_queue: list[tuple[_Child, np.ndarray, np.ndarray | None, int]] = []
+        self._row_logits: list[np.ndarray] = []
+        self._row_features: list[np.ndarray | None] | None = None
         self._cache: list[SeqHandle] = []  # scoring prefixes, oldest first
         self._cache_owner = object()
         self.score_cache_size = score_cache_size
@@ -531,6 +535,7 @@ class LlamaEngine:
                     return
                 self._reap_cancelled()
                 self._admit()
+                self._sample_pending()  # children forked from a cached root, if any
                 if self._runs:
                     self._tick()
                 elif self._waiting:  # cannot happen unless slots leak: fail rather than hang
@@ -985,7 +990,6 @@ class LlamaEngine:
         self._runs = [r for r in self._runs if id(r) not in done_ids]
         self._row_logits = [self._logits_row(b) for b in rows]
         self._row_features = [self._embedding_row(b) for b in rows] if self.embeddings else None
-        self._sample_queue: list[tuple[_Child, np.ndarray, np.ndarray | None, int]] = []
         for k, run in enumerate(finished):
             if not run.job.aborted:
                 run.on_done(k)

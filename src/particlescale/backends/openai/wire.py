@@ -11,10 +11,12 @@ repetition_penalty=1.05, which would silently change the proposal distribution):
              "disabled" in every vLLM from 0.2 to today (0 is rejected before ~0.8; -1 is
              "quietly accepted" after). The step end is read from ``stop_reason``: the stop
              string (delimiter) -> ``step``; ``None`` (EOS) or a stop token id -> ``eos``.
-             Checked against ``vllm/entrypoints/openai/protocol.py`` and
-             ``vllm/sampling_params.py`` (0.6 - 0.11 layouts).
-``sglang``   the same OpenAI fields plus SGLang's extras (top_k=-1, min_p,
-             repetition_penalty, min_tokens, ignore_eos, skip_special_tokens, no_stop_trim);
+             Checked against vLLM's ``entrypoints/openai/protocol.py`` (0.10 layout),
+             ``sampling_params.py`` (current) and ``v1/engine/parallel_sampling.py`` (choice
+             i of a seeded request uses seed + i).
+``sglang``   the same OpenAI fields plus SGLang's extras (top_k=-1, min_p, repetition_penalty,
+             min_tokens, ignore_eos, skip_special_tokens, no_stop_trim; checked against
+             ``sglang/srt/entrypoints/openai/protocol.py``);
              the step end from ``matched_stop`` (string -> ``step``; token id or None -> ``eos``).
 ``llamacpp`` llama.cpp ``llama-server``'s native ``POST /completion`` (n_predict, top_k=0,
              min_p=0, typical_p=1, repeat_penalty=1, mirostat=0, cache_prompt, ``n_cmpl`` for

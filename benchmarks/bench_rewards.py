@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "gsm8k_test.jsonl"
 TEMPERATURE = 0.8
 MAX_TOKENS = 400  # per solution (as in MODELS.md's first figures)
-CONCURRENT_PROBLEMS = 5  # 40 sequences decode together
+LIVE = 16  # solutions decoding at once
 SEED = 0
 NEVER = "\x00\x00"  # a delimiter that never occurs: sample whole solutions
 CHEAP = ["arith", "logprob", "arith*logprob", "0.5*arith+logprob", "2*arith+logprob"]
@@ -72,49 +72,58 @@ def is_correct(gold: str, steps: list[str]) -> bool:
     return bool(g and g.correct)
 
 
-async def sample_one(gen: Any, problem: Problem, s: int, seed: int, usage: Usage) -> list[dict]:
-    """S solutions, each drawn in one go (no step barrier: the engine stays full) and split
-    into steps afterwards at blank lines, as the engine splits them; a solution ends at EOS,
-    MAX_TOKENS, or (like the algorithms' stopping rule) after the first step with \\boxed.
+def split_steps(step: Step) -> list[dict]:
+    """A whole solution drawn in one go, split into steps at blank lines as the engine splits
+    them, and cut after the first step with \\boxed (the algorithms' stopping rule).
 
     Only the solution's total log-prob is known, so it rides on the last step (earlier steps
     carry 0 tokens): the ``logprob`` reward's *final* value, exp(total / tokens), is exact.
     """
-    params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=MAX_TOKENS,
-                            delimiter=NEVER)
-    session = gen.session(problem, params, np.random.default_rng(seed), usage)
-    try:
-        [whole] = await session.extend([Particle(id=0)], [s])
-    finally:
-        await session.aclose()
-    out = []
-    for step in whole:
-        texts = [t.strip("\n") for t in step.text.split("\n\n") if t.strip()]
-        for k, t in enumerate(texts):
-            if has_boxed(t):
-                texts = texts[: k + 1]
-                break
-        steps = [{"text": t, "tokens": 0, "logprob": 0.0, "finish": "step"} for t in texts]
-        if steps:
-            steps[-1].update(tokens=step.tokens, logprob=step.logprob, finish=step.finish)
-        out.append({"steps": steps})
-    return out
+    texts = [t.strip("\n") for t in step.text.split("\n\n") if t.strip()]
+    for k, t in enumerate(texts):
+        if has_boxed(t):
+            texts = texts[: k + 1]
+            break
+    steps = [{"text": t, "tokens": 0, "logprob": 0.0, "finish": "step"} for t in texts]
+    if steps:
+        steps[-1].update(tokens=step.tokens, logprob=step.logprob, finish=step.finish)
+    return steps
 
 
 async def sample_all(problems: list[Problem], s: int, done: dict[str, dict],
                      save: Any) -> dict:
     """Sample every problem not in ``done`` (filled in place; ``save()`` after each one, so
-    an interrupted run resumes)."""
+    an interrupted run resumes).
+
+    Each solution is one engine job drawn without step barriers, and at most LIVE of them
+    run at once whatever problem they belong to, so the engine stays full: on 2 cores more
+    sequences are slower, not faster (each attends over the whole unified KV cache). The
+    solutions of a problem draw their seeds from its session's RNG (seeded by SEED and the
+    problem's index) in the order they start, which depends on timing: the draw is random
+    and seeded, but not bit-for-bit reproducible.
+    """
     from particlescale.backends.llamacpp import LlamaCppGenerator
 
-    gen = LlamaCppGenerator(DEFAULT_GENERATOR, n_ctx=16384, n_seq_max=CONCURRENT_PROBLEMS * (s + 1))
+    gen = LlamaCppGenerator(DEFAULT_GENERATOR, n_ctx=16384, n_seq_max=2 * LIVE + 2)
     usage = Usage()
-    gate = asyncio.Semaphore(CONCURRENT_PROBLEMS)
+    gate = asyncio.Semaphore(LIVE)
+    params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=MAX_TOKENS,
+                            delimiter=NEVER)
     t0 = time.perf_counter()
 
     async def one(i: int, p: Problem) -> None:
-        async with gate:
-            sols = await sample_one(gen, p, s, SEED + i, usage)
+        session = gen.session(p, params, np.random.default_rng(SEED + i), usage)
+
+        async def draw() -> Step:
+            async with gate:
+                [[step]] = await session.extend([Particle(id=0)], [1])
+                return step
+
+        try:
+            whole = await asyncio.gather(*(draw() for _ in range(s)))
+        finally:
+            await session.aclose()
+        sols = [{"steps": split_steps(step)} for step in whole]
         for sol in sols:
             sol["correct"] = is_correct(p.answer or "", [st["text"] for st in sol["steps"]])
         done[p.id] = {"id": p.id, "question": p.question, "gold": p.answer, "samples": sols}

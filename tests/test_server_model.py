@@ -106,27 +106,29 @@ def test_sixteen_simultaneous_requests_batch_through_one_engine(served_qwen) -> 
     # what serving them one after the other would cost.
     kw = dict(model="pf-1", messages=MESSAGES, max_tokens=64, seed=5)
     client(server).chat.completions.create(**kw)  # warm-up
-    t0 = time.perf_counter()
+    calls = engine.stats.decode_calls
     alone = client(server).chat.completions.create(**kw)
-    one = time.perf_counter() - t0
+    one = engine.stats.decode_calls - calls
 
     async def burst() -> list[Any]:
         async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused",
                                       max_retries=0, timeout=600) as c:
             return await asyncio.gather(*(c.chat.completions.create(**kw) for _ in range(16)))
 
-    t0 = time.perf_counter()
+    calls = engine.stats.decode_calls
     results = asyncio.run(burst())
-    sixteen = time.perf_counter() - t0
+    sixteen = engine.stats.decode_calls - calls
     # Every request got its own, complete run: the same seed gives the same text whatever
     # else shares the batch.
     assert len({r.id for r in results}) == 16
     assert {r.choices[0].message.content for r in results} == {alone.choices[0].message.content}
     assert {r.usage.completion_tokens for r in results} == {alone.usage.completion_tokens}
-    # The engine decoded tokens of many requests in one llama_decode call, so 16 requests
-    # took far less than 16 times one (the ratio is measured in BENCHMARKS.md, `server`).
+    # The engine decoded tokens of many requests in one llama_decode call: serving them one
+    # after the other would take 16x one request's decode calls; batched, the 16 share them.
+    # (Counted, not timed: the wall-clock ratio depends on the machine and is measured in
+    # BENCHMARKS.md, `server`.)
     assert engine.stats.max_sessions_per_decode >= 8
-    assert sixteen < 8 * one, (sixteen, one)
+    assert sixteen < 4 * one, (sixteen, one)
     assert engine.live_sequences == 0
 
 

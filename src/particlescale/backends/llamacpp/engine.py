@@ -291,6 +291,7 @@ class LlamaEngine:
         embeddings: bool = False,
         repack: bool | None = None,
         score_cache_size: int = 16,
+        flash_attn: bool | None = None,
         verbose: bool = False,
     ) -> None:
         from particlescale.models import resolve
@@ -330,6 +331,9 @@ class LlamaEngine:
         # At most one output row per sequence per decode: size the logits buffer for that,
         # not for n_batch rows (n_batch x 152k floats would be ~300 MB for nothing).
         cp.n_outputs_max = n_seq_max
+        if flash_attn is not None:
+            cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
         cp.no_perf = True
         self._ctx = L.llama_init_from_model(self._model, cp)

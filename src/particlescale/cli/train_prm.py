@@ -30,6 +30,10 @@ def train_prm(
     concurrency: int = typer.Option(4, help="Problems sampled concurrently (batched)."),
     work_dir: Path | None = typer.Option(None, help="Shards of sampled solutions (resume); "
                                          "default OUT.samples/"),
+    time_budget: float | None = typer.Option(
+        None, help="Minutes of sampling: no problem starts after that, and the head is fit on "
+        "the problems sampled so far (this run's and earlier runs' shards). 0 = fit on the "
+        "shards already there. Re-run the same command to sample the rest."),
 ) -> None:
     """Sample solutions, label each step prefix by its solution's outcome, fit a value head."""
     from particlescale.backends.llamacpp import LlamaCppGenerator
@@ -42,6 +46,8 @@ def train_prm(
     if problems < 2 or samples < 1:
         raise ConfigError("--problems must be >= 2 and --samples >= 1 (a head needs both "
                           "correct and wrong solutions of several problems)")
+    if time_budget is not None and time_budget < 0:
+        raise ConfigError(f"--time-budget: must be >= 0 minutes, got {time_budget}")
     if not out.name.endswith(".npz"):
         raise ConfigError(f"--out: {out} should end with .npz")
     ds = load_dataset(dataset, selection=Selection(sample=problems, seed=seed))
@@ -55,6 +61,7 @@ def train_prm(
     params = SamplingParams(temperature=temperature, max_step_tokens=max_step_tokens)
     start = time.perf_counter()
     stats = {"tokens": 0, "correct": 0, "solutions": 0}
+    clock = _SamplingClock(work)
     try:
         with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
@@ -62,6 +69,8 @@ def train_prm(
             task = bar.add_task("s", total=len(ds.problems), info="")
 
             def done(s, cached: bool) -> None:
+                if not cached:
+                    clock.shard_done()
                 stats["tokens"] += s.tokens
                 sols = len(set(s.solution.tolist()))
                 stats["solutions"] += sols
@@ -70,18 +79,27 @@ def train_prm(
                 acc = stats["correct"] / max(1, stats["solutions"])
                 bar.update(task, advance=1, info=f"solved {acc:.0%} · {rate:.0f} tok/s")
 
+            deadline = None if time_budget is None else time.monotonic() + 60 * time_budget
             sets = asyncio.run(collect(gen, ds.problems, samples, work, seed=seed, params=params,
                                        max_steps=max_steps, concurrency=concurrency,
-                                       on_done=done))
-        sample_time = time.perf_counter() - start
+                                       on_done=done, deadline=deadline))
+        clock.save()
+        spent = clock.seconds  # this run's sampling plus the earlier runs' on these shards
+        if len(sets) < len(ds.problems):
+            console.print(f"time budget spent: fitting on {len(sets)} of {len(ds.problems)} "
+                          "problems (run the same command again to sample the rest)")
+        if len(sets) < 2:
+            raise ConfigError(f"--time-budget: only {len(sets)} problem(s) sampled so far; a "
+                              "head needs at least 2 (allow more minutes)")
         meta = {"model_name": model, "model_sha256": model_sha256(gen.engine.path, model),
                 "feature": {"source": "final-layer hidden state (llama.cpp embeddings, "
                             "pooling none) at the last token of each step",
                             "dim": gen.engine.n_embd},
-                "training": {"dataset": dataset, "problems": len(ds.problems),
+                "training": {"dataset": dataset, "problems": len(sets),
+                             "problems_requested": len(ds.problems),
                              "samples": samples, "seed": seed, "max_steps": max_steps,
                              "max_step_tokens": max_step_tokens, "temperature": temperature,
-                             "sampling_seconds": round(sample_time, 1),
+                             "sampling_seconds": spent,
                              "generated_tokens": stats["tokens"],
                              "solution_accuracy": stats["correct"] / max(1, stats["solutions"])}}
         head, metrics = fit_from_sets(sets, kind=kind, seed=seed, metadata=meta)
@@ -91,3 +109,38 @@ def train_prm(
     console.print(f"head written to {out}: validation AUC {metrics['val_auc']:.3f} on "
                   f"{metrics['val_examples']} held-out prefixes "
                   f"({metrics['train_examples']} for training)")
+
+
+
+class _SamplingClock:
+    """Sampling seconds summed over every run that wrote shards into ``work``, kept in
+    ``work/sampling.json`` and updated as each shard lands (a killed run keeps its record).
+    None once shards exist that no record accounts for (written by an older version)."""
+
+    def __init__(self, work: Path) -> None:
+        import json
+
+        self.path = work / "sampling.json"
+        work.mkdir(parents=True, exist_ok=True)
+        rec = (json.loads(self.path.read_text()) if self.path.exists()
+               else {"seconds": 0.0, "shards": 0})
+        if len(list(work.glob("*.npz"))) > rec["shards"]:
+            rec["seconds"] = None
+        self.base, self.shards = rec["seconds"], rec["shards"]
+        self.start = time.perf_counter()
+        self.save()
+
+    @property
+    def seconds(self) -> float | None:
+        if self.base is None:
+            return None
+        return round(self.base + time.perf_counter() - self.start, 1)
+
+    def shard_done(self) -> None:
+        self.shards += 1
+        self.save()
+
+    def save(self) -> None:
+        import json
+
+        self.path.write_text(json.dumps({"seconds": self.seconds, "shards": self.shards}))

@@ -127,9 +127,15 @@ async def collect(
     max_steps: int = 40,
     concurrency: int = 4,
     on_done: Callable[[SampleSet, bool], None] | None = None,
+    deadline: float | None = None,
 ) -> list[SampleSet]:
     """Sample and label every problem, writing one shard per problem as soon as it is done;
-    problems whose shard exists are loaded, not re-sampled (resume)."""
+    problems whose shard exists are loaded, not re-sampled (resume).
+
+    ``deadline`` (a ``time.monotonic()`` value): no problem *starts* sampling after it (those
+    already sampling finish, so no work is thrown away); the problems not sampled are left
+    out of the result, and a later call with the same arguments samples them (resume).
+    """
     out.mkdir(parents=True, exist_ok=True)
     params = params or SamplingParams()
     sem = asyncio.Semaphore(concurrency)
@@ -143,6 +149,10 @@ async def collect(
                 on_done(results[problem.id], True)
             return
         async with sem:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            # Each problem's seed depends on its index only: resumed or time-boxed runs draw
+            # the same solutions for the same problem.
             sols = await sample_problem(generator, problem, samples, params, seed * 100_003 + k,
                                         max_steps, Usage())
         s = label_solutions(problem, sols)
@@ -152,7 +162,7 @@ async def collect(
             on_done(s, False)
 
     await asyncio.gather(*(one(k, p) for k, p in enumerate(problems)))
-    return [results[p.id] for p in problems]
+    return [results[p.id] for p in problems if p.id in results]
 
 
 def fit_from_sets(

@@ -1,0 +1,119 @@
+"""``train-prm``'s pipeline on the real engine: shards per problem, resume without
+re-sampling, a time box that never throws sampled work away, and the CLI fitting a head on
+what was sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from particlescale.models import is_pulled
+from particlescale.protocols import SamplingParams
+from particlescale.types import Problem
+from particlescale.value.head import ValueHead, model_sha256
+from particlescale.value.train import SampleSet, collect
+
+pytest.importorskip("llama_cpp")
+pytestmark = [
+    pytest.mark.model,
+    pytest.mark.skipif(not is_pulled("smollm2-135m"),
+                       reason="run: particlescale models pull smollm2-135m"),
+]
+
+PROBLEMS = [
+    Problem("Tom has 3 apples and buys 2 more. How many apples does he have?", answer="5",
+            id="0"),
+    Problem("A box holds 4 pens. How many pens are in 3 boxes?", answer="12", id="1"),
+    Problem("Sara had 10 dollars and spent 7. How many dollars are left?", answer="3", id="2"),
+]
+
+
+def test_collect_writes_a_shard_per_problem_resumes_and_keeps_to_its_deadline(tmp_path):
+    from particlescale.backends.llamacpp import LlamaCppGenerator
+
+    params = SamplingParams(temperature=1.0, max_step_tokens=12)
+    with LlamaCppGenerator("smollm2-135m", embeddings=True, n_ctx=4096, n_seq_max=8) as gen:
+        # A deadline already past: nothing starts, nothing is written.
+        sets = asyncio.run(collect(gen, PROBLEMS, 2, tmp_path, params=params, max_steps=2,
+                                   concurrency=2, deadline=time.monotonic()))
+        assert sets == [] and not list(tmp_path.glob("*.npz"))
+
+        sets = asyncio.run(collect(gen, PROBLEMS, 2, tmp_path, params=params, max_steps=2,
+                                   concurrency=2))
+        assert [s.problem_id for s in sets] == ["0", "1", "2"]
+        assert len(list(tmp_path.glob("*.npz"))) == 3
+        for s in sets:
+            assert s.features.shape == (len(s.labels), gen.engine.n_embd)
+            assert np.isfinite(s.features).all()
+            assert set(np.unique(s.labels)) <= {0.0, 1.0}
+            assert set(s.solution.tolist()) == {0, 1}  # two solutions per problem
+            assert s.step.min() == 1 and s.step.max() <= 2
+            # every prefix of one solution carries that solution's outcome
+            for j in (0, 1):
+                assert len(np.unique(s.labels[s.solution == j])) == 1
+
+        calls = gen.engine.stats.decode_calls
+        again = asyncio.run(collect(gen, PROBLEMS, 2, tmp_path, params=params, max_steps=2))
+        assert gen.engine.stats.decode_calls == calls  # resumed from shards: no decoding
+        for a, b in zip(sets, again, strict=True):
+            # shards keep features as float16: loaded values are the rounded ones
+            np.testing.assert_array_equal(a.features.astype(np.float16), b.features)
+            np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
+                           *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "120"})
+
+
+def test_train_prm_fits_on_the_shards_there_within_a_zero_time_budget(tmp_path):
+    from particlescale.models import resolve
+
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?",
+                                        "answer": str(2 * i)}) + "\n" for i in range(8)))
+    work = tmp_path / "shards"
+    out = tmp_path / "head.npz"
+
+    # No shards and no time: a clear error, no traceback.
+    r = _cli("train-prm", "--model", "smollm2-135m", "--dataset", str(data), "--problems", "8",
+             "--samples", "4", "--out", str(out), "--work-dir", str(work), "--time-budget", "0",
+             cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "only 0 problem(s) sampled" in r.stderr and "Traceback" not in r.stderr
+
+    # Shards as an earlier, interrupted run would have left them (features with a signal in
+    # one coordinate), for 6 of the 8 problems; the 2 others are never sampled.
+    rng = np.random.default_rng(0)
+    rec = json.loads((work / "sampling.json").read_text())
+    assert rec["shards"] == 0 and rec["seconds"] is not None
+    dim = 576  # smollm2-135m's hidden size
+    for pid in range(6):
+        y = np.repeat([1.0, 0.0, 1.0, 0.0], 5)
+        x = rng.normal(size=(20, dim))
+        x[:, 7] += 2.0 * y
+        SampleSet(str(pid), x, y, y.copy(), np.repeat(np.arange(4), 5),
+                  np.tile(np.arange(1, 6), 4), 300).save(work / f"{pid}.npz")
+    r = _cli("train-prm", "--model", "smollm2-135m", "--dataset", str(data), "--problems", "8",
+             "--samples", "4", "--out", str(out), "--work-dir", str(work), "--time-budget", "0",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fitting on 6 of 8 problems" in r.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["training"]["problems"] == 6 and meta["training"]["problems_requested"] == 8
+    assert meta["training"]["sampling_seconds"] is None  # the earlier run's cost is unknown
+    sha = model_sha256(resolve("smollm2-135m"), "smollm2-135m")
+    head = ValueHead.load(out, model_sha256=sha)
+    hi = np.zeros(dim)
+    hi[7] = 2.0
+    assert head.predict(hi[None, :])[0] > head.predict(np.zeros((1, dim)))[0]

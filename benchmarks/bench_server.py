@@ -168,6 +168,31 @@ def throughput(server: LiveServer, gen: Any, reward: Any, engine: Any, clients: 
     return out
 
 
+def burst(server: LiveServer, engine: Any, k: int = 16) -> dict[str, float]:
+    """One request alone, then ``k`` identical ones at once (same seed: the same work each),
+    so ``k`` times the first is what serving them one after the other would cost."""
+    body = {"messages": [{"role": "user", "content": QUESTIONS[0]}], "seed": 5,
+            "method": "pf", "budget": 1, "max_tokens": 64}
+
+    async def send(n: int) -> float:
+        async with httpx.AsyncClient(base_url=server.url, timeout=1200) as client:
+            t = time.perf_counter()
+            rs = await asyncio.gather(*(client.post("/v1/chat/completions", json=body)
+                                        for _ in range(n)))
+            for r in rs:
+                r.raise_for_status()
+            return time.perf_counter() - t
+
+    asyncio.run(send(1))  # warm-up
+    c0 = engine.stats.decode_calls
+    one = asyncio.run(send(1))
+    c1 = engine.stats.decode_calls
+    many = asyncio.run(send(k))
+    c2 = engine.stats.decode_calls
+    return {"k": k, "one_s": one, "many_s": many, "ratio": many / one,
+            "one_calls": c1 - c0, "many_calls": c2 - c1}
+
+
 def latency_row(name: str, run: str, r: dict[str, float]) -> str:
     return (f"| {name} | {run} | {r['direct_ms']:.1f} ms | {r['server_ms']:.1f} ms "
             f"| **{r['added_p50_ms']:.1f} ms** | {r['added_p90_ms']:.1f} ms "
@@ -209,6 +234,8 @@ def main() -> None:
     big = LlamaCppGenerator(resolve(args.model), n_ctx=32768, n_seq_max=64)
     run = {"method": "pf", "budget": 4, "max_tokens": args.max_tokens}
     with served(big, rew, args.model) as s:
+        bu = burst(s, big.engine)
+        print("burst", bu, flush=True)
         tp = throughput(s, big, rew, big.engine, args.clients, args.rounds, run)
     big.close()
     print("throughput", tp, flush=True)
@@ -231,6 +258,13 @@ call: what the server adds around a run, immune to the model's run-to-run spread
 
 Target: added p50 < {TARGET_MS:.0f} ms (HTTP, validation, JSON, the run's task, the
 `max_tokens` wrapper, the response).
+
+Batching through the server: one request alone (pf, budget 1, max_tokens 64, {args.model},
+seed 5) took {bu['one_s']:.2f} s and {bu['one_calls']} `llama_decode` calls; {bu['k']} identical
+requests sent at once took {bu['many_s']:.2f} s in all (**{bu['ratio']:.1f}x** one request, against
+{bu['k']}x one after the other) and {bu['many_calls']} decode calls. On 2 cores a decode of 16
+sequences costs several times a decode of one, so the wall-time gain is smaller than the
+decode-call gain.
 
 Throughput: {args.rounds} rounds of {args.clients} simultaneous requests, {tp['requests']} in
 all per path (pf, budget 4, max_tokens {args.max_tokens}, {args.model} embedded, `arith`

@@ -34,6 +34,11 @@ class Problem:
             raise ValueError("question: must be a non-empty string; pass the problem text to solve")
 
 
+STEP_SEPARATOR = "\n\n"
+"""How the steps of a particle are joined into its text (``Particle.text``, answers, the
+server's message content); generators re-insert their own delimiter when they re-read a prefix."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One reasoning step produced by a generator.
@@ -74,7 +79,9 @@ class Particle:
 
     @property
     def text(self) -> str:
-        return "".join(s.text for s in self.steps)
+        """The solution as text: its steps separated by a blank line (a step's text never
+        holds the delimiter it ended at, whatever the generator's delimiter was)."""
+        return STEP_SEPARATOR.join(s.text for s in self.steps)
 
     def texts(self) -> list[str]:
         return [s.text for s in self.steps]

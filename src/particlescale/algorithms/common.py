@@ -17,6 +17,7 @@ import numpy as np
 from particlescale.answers import extract_answer, has_boxed
 from particlescale.protocols import GenerationSession, RewardModel
 from particlescale.types import (
+    STEP_SEPARATOR,
     Candidate,
     Particle,
     Problem,
@@ -63,7 +64,7 @@ def potential(score: float | np.ndarray, transform: str) -> np.ndarray:
 
 def merged_step(steps: Sequence[Step]) -> Step:
     """The whole prefix as one step, for ``model`` aggregation (the PRM sees it as one step)."""
-    return Step(text="".join(s.text for s in steps).strip(),
+    return Step(text=STEP_SEPARATOR.join(s.text for s in steps).strip(),
                 tokens=sum(s.tokens for s in steps), finish=steps[-1].finish,
                 features=steps[-1].features)
 

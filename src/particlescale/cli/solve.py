@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from particlescale.algorithms import make_config
 from particlescale.api import MAX_BUDGET, asolve
@@ -139,11 +140,13 @@ def _print_result(console: Console, result: Result) -> None:
     text = result.text
     if text:
         console.rule("solution")
-        console.print(escape(text.strip()), highlight=False)
+        # A Text, not markup: LaTeX's \[ ... \] must print as written.
+        console.print(Text(text.strip()), highlight=False)
     console.print(table)
     u = result.usage
-    console.print(f"[dim]{u.generated_tokens} tokens generated, {u.prompt_tokens} prompt tokens, "
-                  f"{u.prm_calls} reward calls, {u.wall_time:.1f} s[/dim]")
+    rewards = f", {u.prm_calls} reward-model calls" if u.prm_calls else ""
+    console.print(f"[dim]{u.generated_tokens} tokens generated, {u.prompt_tokens} prompt tokens"
+                  f"{rewards}, {u.wall_time:.1f} s[/dim]")
     console.print(f"[bold]answer:[/bold] {escape(str(result.answer))}", highlight=False)
 
 

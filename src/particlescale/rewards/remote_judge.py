@@ -25,7 +25,7 @@ from particlescale.backends.http import HttpEndpoint, split_base_url
 from particlescale.backends.openai.generator import gather_or_cancel
 from particlescale.errors import BackendError
 from particlescale.rewards.cache import Job, PrefixCache
-from particlescale.types import Problem, Step, Usage
+from particlescale.types import STEP_SEPARATOR, Problem, Step, Usage
 
 JUDGE_SYSTEM = ("You check solutions to math problems one step at a time. "
                 "Answer with a single word: yes or no.")
@@ -65,7 +65,7 @@ class RemoteJudge:
         self.namespace = f"judge|{url}|{model}"
 
     def messages(self, question: str, steps: Sequence[str]) -> list[dict[str, str]]:
-        previous = "".join(steps[:-1]).strip() or "(nothing yet)"
+        previous = STEP_SEPARATOR.join(steps[:-1]).strip() or "(nothing yet)"
         user = JUDGE_USER.format(question=question, previous=previous, step=steps[-1].strip())
         return [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": user}]

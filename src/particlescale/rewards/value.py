@@ -56,7 +56,7 @@ class ValueReward:
                 raise ConfigError(
                     "reward 'value': the steps carry no hidden states; use the embedded "
                     "llama.cpp generator with features on (LlamaCppGenerator(..., "
-                    "features=True); `solve --reward value` does this)"
+                    "embeddings=True); `solve --reward value` does this)"
                 )
             x = np.stack([np.asarray(s.features, dtype=np.float64) for s in traj])
             out.append([float(v) for v in self.head.predict(x)])

@@ -88,12 +88,12 @@ class CappedSession:
         if hits:
             self.inner.release([Particle(id=-1, steps=(step,))])
             new = replace(step, text=step.text[: min(hits)], finish="eos", handle=None)
-            gen.state.reasons[parent.text + new.text] = "stop"
+            gen.state.reasons[_text_with(parent, new)] = "stop"
             return new
         if step.finish == "eos" or has_boxed(step.text):
             return step
         used = sum(s.tokens for s in parent.steps) + step.tokens
-        text = parent.text + step.text
+        text = _text_with(parent, step)
         if gen.max_tokens is not None and used + self.step_cap > gen.max_tokens:
             gen.state.reasons[text] = "length"
             return replace(step, finish="eos")
@@ -106,3 +106,8 @@ class CappedSession:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _text_with(parent: Particle, step: Step) -> str:
+    """The text the child of ``parent`` with ``step`` will have (its ``Particle.text``)."""
+    return Particle(id=-1, steps=(*parent.steps, step)).text

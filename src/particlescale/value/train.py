@@ -101,7 +101,7 @@ def label_solutions(problem: Problem, solutions: Sequence[Particle]) -> SampleSe
         for i, s in enumerate(p.steps):
             if s.features is None:
                 raise ConfigError("generator: steps carry no hidden states; create the "
-                                  "embedded generator with features=True")
+                                  "embedded generator with embeddings=True")
             feats.append(np.asarray(s.features, dtype=np.float64))
             labels.append(ok)
             sol.append(j)

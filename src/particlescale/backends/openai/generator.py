@@ -20,6 +20,19 @@ running beside it go on.
 There is no KV handle to move between steps (the server's prefix cache plays that part):
 steps carry ``handle=None``; ``release``/``aclose`` only keep counts.
 
+Continuation scoring (particle Gibbs with ancestor sampling) needs a vLLM server in
+completions mode: one ``/v1/completions`` request with ``echo`` and ``logprobs`` scores every
+prefix + continuation text, and vLLM's ``/tokenize`` tells where the continuation's tokens
+start (the first token where prefix + continuation and prefix alone tokenise differently).
+A continuation that ends the solution is followed by the chat template's end-of-turn token
+(found once by tokenising a two-message chat with and without ``continue_final_message``),
+so the scored probability includes stopping there; the model's other end tokens, if any, are
+not added. vLLM computes these log-probabilities from the raw logits, so they are the
+proposal's only at ``temperature=1`` and ``top_p=1``; other settings, other servers
+(SGLang, llama-server, ``python -m llama_cpp.server``, whose echo log-probabilities are one
+token off for models without a BOS token, the OpenAI API) and chat mode are refused with a
+:class:`ConfigError` before any generation.
+
 ``mode="chat"`` sends ``/v1/chat/completions`` instead, with the steps so far as a final
 assistant message to continue (vLLM's ``continue_final_message``; SGLang likewise): the server
 renders the template on every request. Use it for servers that offer no completions route.
@@ -127,6 +140,7 @@ class OpenAIGenerator:
             kind = None if server_kind == "auto" else server_kind
             self.replicas.append(_Replica(endpoint, api[len(root):], kind))  # type: ignore[arg-type]
         self._prefixes: dict[tuple[int, str, str], str] = {}
+        self._end_of_turn: dict[int, tuple[int, str]] = {}
         self._local_template: templates.Template | None = None
         self.sessions_opened = 0
         self.released = 0
@@ -188,6 +202,35 @@ class OpenAIGenerator:
         self._prefixes[key] = text
         return text
 
+    async def tokenize(self, replica: _Replica, text: str) -> list[int]:
+        """Token ids of ``text`` on a vLLM server (no special tokens added)."""
+        out = await replica.endpoint.post("/tokenize", {
+            "model": self.model, "prompt": text, "add_special_tokens": False})
+        return [int(t) for t in out["tokens"]]
+
+    async def end_of_turn(self, replica: _Replica) -> tuple[int, str]:
+        """The chat template's end-of-turn token (id, text) on a vLLM server: the token that
+        follows an assistant message when the turn is closed."""
+        key = self.replicas.index(replica)
+        if key not in self._end_of_turn:
+            messages = [{"role": "user", "content": "1 + 1?"},
+                        {"role": "assistant", "content": "2"}]
+            ids = []
+            for cont in (False, True):
+                out = await replica.endpoint.post("/tokenize", {
+                    "model": self.model, "messages": messages, "add_generation_prompt": False,
+                    "continue_final_message": cont, "add_special_tokens": False})
+                ids.append([int(t) for t in out["tokens"]])
+            closed, open_ = ids
+            if len(closed) <= len(open_) or closed[: len(open_)] != open_:
+                raise BackendError("cannot find the chat template's end-of-turn token (the "
+                                   "closed assistant turn does not extend the open one)",
+                                   kind="protocol")
+            detok = await replica.endpoint.post("/detokenize", {
+                "model": self.model, "tokens": [closed[len(open_)]]})
+            self._end_of_turn[key] = (closed[len(open_)], str(detok["prompt"]))
+        return self._end_of_turn[key]
+
     async def _render(self, replica: _Replica, kind: wire.ServerKind,
                       messages: list[dict[str, str]]) -> str:
         use_server = self.template == "server" or (
@@ -248,7 +291,6 @@ class OpenAISession:
                         seed: int) -> list[Step]:
         if k <= 0:
             return []
-        delimiter = self.params.delimiter
         greedy = self.params.temperature == 0
         want = 1 if greedy else k
         cap = self.gen.max_n_per_request or want
@@ -261,8 +303,9 @@ class OpenAISession:
                                    kind="protocol")
             samples.extend(got[:n])
             seed += 1  # servers that ignore n get the missing samples with fresh seeds
-        steps = [Step(text=s.text + (delimiter if s.finish == "step" else ""),
-                      tokens=s.tokens or 0, finish=s.finish) for s in samples]
+        # A step's text stops before the delimiter (as the embedded engine's does); the prompt
+        # puts the delimiter back when the step is re-read (``_continuation``).
+        steps = [Step(text=s.text, tokens=s.tokens or 0, finish=s.finish) for s in samples]
         return [steps[0]] * k if greedy else steps
 
     async def _request(self, kind: wire.ServerKind, parent: Particle, n: int,
@@ -273,7 +316,7 @@ class OpenAISession:
             messages = [{"role": "system", "content": self.system},
                         {"role": "user", "content": self.problem.question}]
             if parent.steps:
-                messages.append({"role": "assistant", "content": parent.text})
+                messages.append({"role": "assistant", "content": self._continuation(parent)})
             body = wire.chat_body(kind, model, messages, n, self.params, seed)
             parsed = wire.parse_openai(kind, await ep.post(self.replica.api + "/chat/completions",
                                                            body), chat=True)
@@ -291,7 +334,77 @@ class OpenAISession:
 
     def _prompt(self, parent: Particle) -> str:
         assert self._prefix is not None
-        return self._prefix + parent.text
+        return self._prefix + self._continuation(parent)
+
+    def _continuation(self, parent: Particle) -> str:
+        """The parent's text exactly as the model wrote it: each step and its delimiter."""
+        delim = self.params.delimiter
+        return "".join(s.text + (delim if s.finish == "step" else "") for s in parent.steps)
+
+    def _check_scoring(self, kind: wire.ServerKind) -> None:
+        name = self.gen.name
+        if kind != "vllm":
+            raise ConfigError(
+                f"ancestor_sampling: generator {name!r} cannot score continuations: that needs "
+                f"vLLM's prompt log-probabilities (/v1/completions with echo and logprobs, and "
+                f"/tokenize), and this server is {kind!r} (python -m llama_cpp.server and the "
+                "OpenAI API report 'openai'); use ancestor_sampling=false, a vLLM server, or "
+                "the llamacpp backend")
+        if self.gen.mode != "completions":
+            raise ConfigError(f"ancestor_sampling: generator {name!r} scores continuations "
+                              "with /v1/completions; create it with mode='completions'")
+        p = self.params
+        if p.temperature != 1.0 or p.top_p != 1.0:
+            raise ConfigError(
+                f"ancestor_sampling: generator {name!r} scores continuations with vLLM's "
+                f"prompt log-probabilities, which are the model's own distribution "
+                f"(temperature 1, top_p 1), but this run samples at temperature="
+                f"{p.temperature:g}, top_p={p.top_p:g}; set temperature=1 and top_p=1, or use "
+                "the llamacpp backend (it scores at any temperature)")
+
+    async def continuation_logprob(self, prefixes: Sequence[Particle],
+                                   continuation: Sequence[Step]) -> list[float]:
+        """log p(continuation | prompt + prefix) for each prefix, from vLLM's echoed prompt
+        log-probabilities (see the module docstring), in the text layout of ``extend``."""
+        kind = await self.gen._prepare(self.replica)
+        self._check_scoring(kind)
+        if not prefixes:
+            return []
+        if self._prefix is None:
+            self._prefix = await self.gen.prefix(self.replica, self.system, self.problem.question)
+        suffix = self._continuation(Particle(id=-1, steps=tuple(continuation)))
+        end = None
+        if continuation and continuation[-1].finish == "eos":
+            end, end_text = await self.gen.end_of_turn(self.replica)
+            suffix += end_text
+        prompts = [self._prompt(p) for p in prefixes]
+        fulls = list(dict.fromkeys(p + suffix for p in prompts))
+        texts = list(dict.fromkeys([*prompts, *fulls]))
+        ids = dict(zip(texts, await gather_or_cancel(
+            self.gen.tokenize(self.replica, t) for t in texts), strict=True))
+        model = self.gen.model
+        assert model is not None
+        answer = await self.replica.endpoint.post(self.replica.api + "/completions",
+                                                  wire.echo_body(model, fulls))
+        rows, prompt_tokens = wire.parse_echo(answer, len(fulls))
+        self.usage.lm_calls += 1
+        self.usage.prompt_tokens += prompt_tokens
+        scored = dict(zip(fulls, rows, strict=True))
+        out = []
+        for prompt in prompts:
+            full = prompt + suffix
+            own, both, lps = ids[prompt], ids[full], scored[full]
+            start = next((i for i, (a, b) in enumerate(zip(own, both, strict=False)) if a != b),
+                         min(len(own), len(both)))
+            if end is not None and (not both or both[-1] != end):
+                raise BackendError("the end-of-turn token was not read back as one token at "
+                                   "the end of the scored prompt", kind="protocol")
+            values = lps[start:len(both)]
+            if start == 0 or len(lps) < len(both) or any(v is None for v in values):
+                raise BackendError(f"echo answer has no log-probability for some of the "
+                                   f"{len(both) - start} continuation tokens", kind="protocol")
+            out.append(float(sum(values)))  # type: ignore[arg-type]
+        return out
 
     def release(self, particles: Iterable[Particle]) -> None:
         # No server-side state to free: the server's prefix cache manages itself.

@@ -68,6 +68,30 @@ class ScriptedSession:
         self.usage.generated_tokens += sum(children)
         return out
 
+    async def continuation_logprob(self, prefixes: Sequence[Particle],
+                                   continuation: Sequence[Step]) -> list[float]:
+        """Exact log-probability of the continuation's steps after each prefix under the
+        script (greedy: 0 or -inf); -inf where the script cannot produce it, e.g. after a
+        finished prefix or past the horizon. Handles are left alone."""
+        self.gen.scored_continuations += len(prefixes)
+        cont = tuple(s.text for s in continuation)
+        out = []
+        for parent in prefixes:
+            path = tuple(s.text for s in parent.steps)
+            total = 0.0
+            for step in cont:
+                if path and (len(path) >= self.gen.horizon or path[-1] in self.gen.eos_steps):
+                    total = -np.inf  # the prefix had already ended
+                    break
+                dist = self.gen.dist(path)
+                q = dist.get(step, 0.0) / sum(dist.values())
+                if self.params.temperature == 0:
+                    q = float(step == max(dist, key=lambda x: dist[x]))
+                total += float(np.log(q)) if q > 0 else -np.inf
+                path = (*path, step)
+            out.append(total)
+        return out
+
     def release(self, particles: Iterable[Particle]) -> None:
         for p in particles:
             h = p.handle
@@ -88,6 +112,7 @@ class ScriptedGenerator:
     name: str = "scripted"
     calls: list[list[int]] = field(default_factory=list)
     leaked: list[int] = field(default_factory=list)
+    scored_continuations: int = 0
 
     def session(self, problem: Problem, params: SamplingParams, rng: np.random.Generator,
                 usage: Usage) -> ScriptedSession:

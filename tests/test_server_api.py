@@ -173,7 +173,8 @@ def test_temperature_and_top_p_set_the_lm_sampling() -> None:
         assert rec.seen[-1][1].temperature == 0.8 and rec.seen[-1][1].top_p == 1.0  # paper
         # temperature 0 is greedy: every particle takes the most likely step.
         body = chat(s, {"temperature": 0, "seed": 0, "return_particles": True}).json()
-    assert [c["text"] for c in body["scaling"]["candidates"]] == ["\n\n".join(["Add 2 and 2. "] * 4)]
+    texts = [c["text"] for c in body["scaling"]["candidates"]]
+    assert texts == ["\n\n".join(["Add 2 and 2. "] * 4)]
 
 
 def test_max_tokens_is_a_hard_cap_per_particle() -> None:

@@ -62,6 +62,29 @@ class GenerationSession(Protocol):
 
 
 @runtime_checkable
+class ContinuationScorer(Protocol):
+    """An optional capability of a :class:`GenerationSession` (particle Gibbs with ancestor
+    sampling needs it; nothing else does).
+
+    ``continuation_logprob(prefixes, continuation)`` returns, for each prefix particle, the
+    log-probability that the session's own proposal (the LM at the session's temperature and
+    top-p: the distribution ``extend`` samples from) writes the steps of ``continuation``
+    after the problem prompt and that prefix's steps, in the text layout ``extend`` uses
+    (steps joined by the delimiter; a last step with ``finish="eos"`` includes the end of
+    sequence; ``-inf`` where the proposal cannot write it). It must not consume or release
+    the prefixes' handles. Called with no prefixes it returns ``[]`` and raises
+    :class:`~particlescale.errors.ConfigError` if this session cannot score (e.g. the
+    server behind it offers no prompt log-probabilities): algorithms call it so before any
+    generation. Usage (calls, prompt tokens) is added to the session's ``usage``.
+    """
+
+    async def continuation_logprob(
+        self, prefixes: Sequence[Particle], continuation: Sequence[Step]
+    ) -> list[float]:
+        ...
+
+
+@runtime_checkable
 class Generator(Protocol):
     """The language-model side: opens a :class:`GenerationSession` per problem."""
 

@@ -12,6 +12,15 @@ so the client code under test is the code users run against the real thing:
   checked as vLLM's ``SamplingParams._verify_args`` checks them (same messages); unknown
   fields are accepted and ignored, as vLLM does (``OpenAIBaseModel`` has ``extra="allow"``),
   and recorded in :attr:`FakeVLLM.ignored_fields`.
+- ``echo`` and ``logprobs`` on ``/v1/completions`` (the scoring request of ancestor sampling):
+  the choice's text is prompt + completion and ``logprobs`` is the OpenAI legacy object over
+  prompt and completion tokens (``tokens``, ``text_offset`` from 0, ``token_logprobs`` with
+  ``None`` for the first prompt token, ``top_logprobs`` holding the token itself — no
+  alternatives are emulated), as vLLM's ``_create_completion_logprobs`` builds it; the choice
+  also carries vLLM's ``prompt_logprobs`` (``None``, then ``{token_id: {logprob, rank,
+  decoded_token}}`` per prompt token); ``return_tokens_as_token_ids`` writes tokens as
+  ``token_id:N``; more than ``max_logprobs`` is rejected with vLLM's message. The fake
+  model's log-probability of a token is ``token_logprob(text before it, token)``.
 - ``POST /v1/chat/completions``: ChatML rendering with ``add_generation_prompt`` /
   ``continue_final_message`` (both true is rejected), ``logprobs``/``top_logprobs``.
 - ``POST /tokenize``, ``/detokenize``: a reversible fake tokenizer (Qwen's special-token ids).
@@ -145,6 +154,12 @@ def default_prm(prefix: str) -> float:
     return 0.05 + 0.9 * (zlib.crc32(prefix.encode()) % 1000) / 1000
 
 
+def default_token_logprob(context: str, piece: str) -> float:
+    """The fake model's log p(piece | context): a fixed pseudo-random value in [-3.05, -0.05]
+    that depends on the piece and the last 40 characters before it."""
+    return -0.05 - 3.0 * (zlib.crc32(f"{context[-40:]}\x00{piece}".encode()) % 1000) / 1000
+
+
 @dataclass
 class Fault:
     """An injected failure for requests to ``path`` (``*`` = any) whose raw body contains
@@ -188,6 +203,7 @@ class FakeVLLM:
     owned_by: str | None = None
     lm: Callable[[str, np.random.Generator], tuple[str, bool]] = default_lm
     prm: Callable[[str], float] = default_prm
+    token_logprob: Callable[[str, str], float] = default_token_logprob
     judge: Callable[[str], float] | None = None
     step_tag: str = "<extra_0>"
     positive_index: int = 1
@@ -468,6 +484,11 @@ class FakeVLLM:
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         if not all(isinstance(x, str) for x in prompts):
             return self._error(400, "fake server: token-id prompts are not emulated")
+        k = p["logprobs"]
+        if k is not None and not self.strict_openai and k > self.max_logprobs:
+            return self._error(400, f"Requested sample logprobs of {k}, which is greater than "
+                               f"max allowed: {self.max_logprobs}")
+        echo = bool(body.get("echo"))
         choices, gen_tokens, prompt_tokens = [], [], 0
         for j, prompt in enumerate(prompts):
             n_prompt = len(tokenize(prompt))
@@ -477,11 +498,17 @@ class FakeVLLM:
             for i in range(min(p["n"], self.max_n or p["n"])):
                 text, finish, stop_reason, n_gen = self._generate(prompt, p, body, i)
                 gen_tokens.append(n_gen)
-                choice: dict[str, Any] = {"index": j * p["n"] + i, "text": text,
+                choice: dict[str, Any] = {"index": j * p["n"] + i,
+                                          "text": prompt + text if echo else text,
                                           "logprobs": None, "finish_reason": finish}
+                if k is not None:
+                    choice["logprobs"] = self._logprobs(prompt, text, n_gen, echo, body)
                 if not self.strict_openai:
                     choice["stop_reason"] = stop_reason
-                    choice["prompt_logprobs"] = None
+                    choice["prompt_logprobs"] = (self._prompt_logprobs(prompt)
+                                                 if (echo and k is not None)
+                                                 or body.get("prompt_logprobs") is not None
+                                                 else None)
                 choices.append(choice)
         await self._cost(prompt_tokens, gen_tokens)
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens,
@@ -496,6 +523,46 @@ class FakeVLLM:
             usage["prompt_tokens_details"] = None
             out.update({"service_tier": None, "system_fingerprint": None,
                         "kv_transfer_params": None})
+        return out
+
+    def _scored(self, text: str) -> list[tuple[str, float | None]]:
+        """(piece, log p(piece | text before it)) for each token of ``text``; None first."""
+        out: list[tuple[str, float | None]] = []
+        at = 0
+        for piece in tokenize(text):
+            out.append((piece, self.token_logprob(text[:at], piece) if out else None))
+            at += len(piece)
+        return out
+
+    def _logprobs(self, prompt: str, text: str, n_gen: int, echo: bool,
+                  body: dict[str, Any]) -> dict[str, Any]:
+        """The legacy completions ``logprobs`` object, as vLLM's _create_completion_logprobs."""
+        entries = self._scored(prompt) if echo else []
+        at = len(prompt)
+        for piece in tokenize(text):
+            entries.append((piece, self.token_logprob(prompt[:at], piece)))
+            at += len(piece)
+        if n_gen > len(tokenize(text)):  # the EOS token: counted, its text not shown
+            entries.append(("", self.token_logprob(prompt + text, "<|im_end|>")))
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        tokens, offsets, lps, tops = [], [], [], []
+        offset = 0
+        for piece, lp in entries:
+            token = f"token_id:{self.vocab.encode(piece)[0] if piece else SPECIAL['<|im_end|>']}" \
+                if as_ids else piece
+            tokens.append(token)
+            offsets.append(offset)
+            offset += len(token)
+            lps.append(None if lp is None else max(lp, -9999.0))
+            tops.append(None if lp is None else {token: max(lp, -9999.0)})
+        return {"text_offset": offsets, "token_logprobs": lps, "tokens": tokens,
+                "top_logprobs": tops}
+
+    def _prompt_logprobs(self, prompt: str) -> list[Any]:
+        out: list[Any] = []
+        for piece, lp in self._scored(prompt):
+            out.append(None if lp is None else {str(self.vocab.encode(piece)[0]): {
+                "logprob": lp, "rank": 1, "decoded_token": piece}})
         return out
 
     async def _chat(self, body: dict[str, Any]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from particlescale.errors import ConfigError
 from particlescale.protocols import SamplingParams
@@ -81,9 +81,41 @@ class PFConfig(BaseConfig):
 
 
 class PGConfig(PFConfig):
-    """Particle Gibbs: ``iterations`` conditional SMC sweeps of budget // iterations particles."""
+    """Particle Gibbs: ``iterations`` conditional SMC sweeps of budget // iterations particles.
+
+    ``ancestor_sampling`` (not in the paper; off by default) is particle Gibbs with ancestor
+    sampling (Lindsten, Jordan & Schön, 2014): at every resampling step the reference
+    trajectory may be re-attached to another particle's prefix. It needs
+    ``weights='incremental'`` and ``tempering='none'`` and a generator that can score
+    continuations (see ``algorithms/pf.py``).
+    """
 
     iterations: int = Field(4, ge=1, le=1000, description="Gibbs iterations T (budget = N*T).")
+    ancestor_sampling: bool = Field(
+        False,
+        description="Particle Gibbs with ancestor sampling (PGAS): at each resampling step "
+        "redraw the reference's ancestor among the particles (needs weights='incremental', "
+        "tempering='none' and a generator that scores continuations; costs one continuation "
+        "scoring and one reward call per particle per step).",
+    )
+
+    @model_validator(mode="after")
+    def _ancestor_sampling_target(self) -> PGConfig:
+        if not self.ancestor_sampling:
+            return self
+        if self.weights != "incremental":
+            raise ValueError(
+                "ancestor_sampling=true needs weights='incremental' (the ancestor weights use "
+                "the target p(x) exp(phi(x) / softmax_temperature) that incremental weights "
+                "define; paper weights define none); set weights='incremental' or "
+                "ancestor_sampling=false")
+        if self.tempering != "none":
+            raise ValueError(
+                f"ancestor_sampling=true needs tempering='none', got "
+                f"tempering={self.tempering!r} (with a temperature that changes over the "
+                "steps the final target is not defined at step t); set tempering='none' or "
+                "ancestor_sampling=false")
+        return self
 
 
 class PTConfig(PGConfig):
@@ -116,7 +148,9 @@ def parse_config(cls: type[BaseModel], method: str, options: dict[str, Any]) -> 
         lines = []
         for err in e.errors():
             name = ".".join(str(x) for x in err["loc"]) or "options"
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "value_error" and not err["loc"]:  # a check across options
+                lines.append(f"{method}: {err['ctx']['error']}")
+            elif err["type"] == "extra_forbidden":
                 accepted = ", ".join(sorted(cls.model_fields))
                 lines.append(f"{method}: unknown option {name!r}; accepted options: {accepted}")
             else:

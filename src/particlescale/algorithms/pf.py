@@ -19,6 +19,25 @@ Conditional SMC (particle Gibbs): slot N-1 holds the reference trajectory, trunc
 steps, weighted with its reward *at step t*; it is never resampled away nor extended past
 its own steps, while the other slots may fork from it.
 
+Ancestor sampling (PGAS; Lindsten, Jordan & Schön, 2014; ``ancestor_sampling=True``, needs
+incremental weights and a constant beta): whenever the sweep resamples at step t, the
+reference x' also draws its ancestor instead of keeping its own line::
+
+    P(a = i)  ∝  w^i_t * q(x'_{t+1:T} | x^i_{1:t}) * exp(beta*phi(x^i_{1:t} + x'_{t+1:T})
+                                                      - beta*phi(x^i_{1:t}))
+    x'  <-  x^a_{1:t} + x'_{t+1:T}        (per-step rewards rescored from step t+1 on)
+
+i.e. w^i_t * gamma_T(spliced) / gamma_t(x^i_{1:t}) with gamma_t = q(x_{1:t}) exp(beta*phi_t),
+q being the generator's proposal (the LM at the sampling temperature and top-p: the weights
+never correct for it, so it is the q of the target). Candidates: while the reference has
+steps left, the live particles (all of exactly t steps) and the reference's own prefix; a
+finished particle cannot be continued, so its weight is 0. Once the reference has ended
+(x'_{t+1:T} empty), a live particle cannot stop without a step (weight 0) and every finished
+particle, of whatever length, is a candidate with weight w^i_t (the ratio is 1). At steps
+where the sweep does not resample (ESS above the threshold) nobody changes ancestor, the
+reference included. Cost per resampling step: one ``continuation_logprob`` call scoring the
+reference's remaining steps after each live prefix, one reward call for the spliced paths.
+
 Resampled children of one parent are generated together (``extend(parent, k)``), so a
 backend shares the parent's prefix (KV cache, prefix cache) across its children.
 The log normalising-constant estimate ``log_z`` is exact in expectation (unbiased Z) with
@@ -43,7 +62,8 @@ from particlescale.algorithms.common import (
     trace_step,
 )
 from particlescale.algorithms.config import PFConfig
-from particlescale.protocols import GenerationSession, RewardModel
+from particlescale.errors import ConfigError
+from particlescale.protocols import ContinuationScorer, GenerationSession, RewardModel
 from particlescale.smc import ess, logsumexp, normalize
 from particlescale.smc import resampling as resampling_schemes
 from particlescale.types import Particle, Problem, Trace, Usage
@@ -60,6 +80,7 @@ class Sweep:
     log_z: float
     resamplings: int
     steps: int
+    ancestor_moves: int = 0  # times ancestor sampling re-attached the reference elsewhere
 
 
 def strip_handles(p: Particle) -> Particle:
@@ -117,10 +138,16 @@ async def sweep(
     reference: Particle | None = None,
     softmax_temperature: float | None = None,
     progress: Progress | None = None,
+    ancestor_sampling: bool = False,
 ) -> Sweep:
-    """One SMC sweep of ``n`` particles; with ``reference``, a conditional SMC sweep."""
+    """One SMC sweep of ``n`` particles; with ``reference``, a conditional SMC sweep (with
+    ``ancestor_sampling``, PGAS: the reference redraws its ancestor at each resampling)."""
     if softmax_temperature is not None:
         cfg = cfg.model_copy(update={"softmax_temperature": softmax_temperature})
+    if ancestor_sampling and (cfg.weights != "incremental" or cfg.tempering != "none"):
+        raise ConfigError("ancestor_sampling: needs weights='incremental' and tempering='none'")
+    ancestor_sampling = ancestor_sampling and reference is not None
+    moves = 0
     if reference is not None:
         reference = strip_handles(reference)
     n_free = n - 1 if reference is not None else n
@@ -176,15 +203,97 @@ async def sweep(
             resamplings += 1
         else:
             ancestors = np.arange(n_free)
+        ref_ancestor = None
+        if ancestor_sampling and do_resample:
+            assert reference is not None and ref_node is not None
+            ref_ancestor, reference = await sample_reference_ancestor(
+                problem, session, reward, aggregation, usage, transform, beta, population,
+                lw, prev_phi, reference, t, rng)
+            if ref_ancestor != len(population) - 1:
+                moves += 1
+                trace.events.append({"kind": "ancestor", "band": band, "t": t,
+                                     "reference": population[ref_ancestor].id})
         population, lw, prev_phi, ref_node = await _propagate(
             session, population, lw, prev_phi, ancestors, do_resample, ids, cfg.max_steps,
-            reference, ref_node, t,
+            reference, ref_node, t, ref_ancestor,
         )
         t += 1
 
     session.release(population)
     return Sweep(particles=population, log_weights=lw, log_z=log_z, resamplings=resamplings,
-                 steps=t)
+                 steps=t, ancestor_moves=moves)
+
+
+async def require_continuation_scorer(session: GenerationSession, generator_name: str) -> None:
+    """Fail before any generation when ancestor sampling cannot run on this session."""
+    if not isinstance(session, ContinuationScorer):
+        raise ConfigError(
+            f"ancestor_sampling: generator {generator_name!r} cannot score continuations (its "
+            "session has no continuation_logprob); use ancestor_sampling=false or a backend "
+            "that can: llamacpp, openai with a vLLM server")
+    await session.continuation_logprob([], [])  # the session's own checks (server kind...)
+
+
+async def sample_reference_ancestor(
+    problem: Problem,
+    session: GenerationSession,
+    reward: RewardModel,
+    aggregation: str,
+    usage: Usage,
+    transform: str,
+    beta: float,
+    population: list[Particle],
+    lw: np.ndarray,
+    prev_phi: np.ndarray,
+    reference: Particle,
+    t: int,
+    rng: np.random.Generator,
+) -> tuple[int, Particle]:
+    """Draw the reference's ancestor at step ``t`` (see the module docstring).
+
+    ``population[-1]`` is the reference truncated to ``t`` steps; ``lw`` are the step-t
+    log-weights and ``prev_phi`` the step-t log-potentials ``beta * phi(x^i_{1:t})``. Returns
+    the ancestor's index and the (possibly spliced, rescored) reference.
+    """
+    n = len(population)
+    own = n - 1
+    rest = reference.steps[t:]
+    log_as = np.full(n, -np.inf)
+    spliced: dict[int, Particle] = {}
+    if not rest:
+        # The reference has ended: a spliced path x^i_{1:t} + (nothing) exists only for a
+        # finished x^i, and its target ratio gamma_T / gamma_t is 1.
+        for i, p in enumerate(population):
+            if p.finished:
+                log_as[i] = lw[i]
+    else:
+        live = [i for i, p in enumerate(population) if not p.finished]
+        if own not in live or any(len(population[i].steps) != t for i in live):
+            raise RuntimeError("ancestor sampling: live particles must all have t steps")
+        logq = await session.continuation_logprob(  # type: ignore[attr-defined]
+            [population[i] for i in live], rest)
+        if len(logq) != len(live):
+            raise RuntimeError(f"continuation_logprob returned {len(logq)} values for "
+                               f"{len(live)} prefixes")
+        for i in live:
+            if i != own:
+                p = strip_handles(population[i])
+                spliced[i] = Particle(id=reference.id, steps=(*p.steps, *rest),
+                                      rewards=p.rewards, finished=True)
+        await score_particles(problem, reward, list(spliced.values()), aggregation, usage)
+        spliced[own] = reference
+        final = np.array([aggregate(spliced[i].rewards, aggregation) for i in live])
+        phi_final = beta * potential(final, transform)
+        log_as[live] = lw[live] + np.asarray(logq, dtype=np.float64) + phi_final \
+            - prev_phi[live]
+    log_as = np.where(np.isnan(log_as), -np.inf, log_as)
+    if not np.isfinite(log_as).any():  # nothing can carry it (cannot happen exactly)
+        return own, reference
+    a = int(rng.choice(n, p=normalize(log_as)))
+    if a == own:
+        return own, reference
+    new_ref = spliced[a] if rest else replace(strip_handles(population[a]), id=reference.id)
+    return a, replace(new_ref, parent=None, log_weight=0.0)
 
 
 async def _propagate(
@@ -199,9 +308,11 @@ async def _propagate(
     reference: Particle | None,
     ref_node: Particle | None,
     t: int,
+    ref_ancestor: int | None = None,
 ) -> tuple[list[Particle], np.ndarray, np.ndarray, Particle | None]:
     """Move to step t+1: extend live ancestors (children of one parent together), copy
-    finished ones, free the sequences of live particles nobody descends from."""
+    finished ones, free the sequences of live particles nobody descends from. The reference
+    descends from its own slot, or from ``ref_ancestor`` when ancestor sampling chose one."""
     counts = np.bincount(ancestors, minlength=len(population))
     live_parents = [i for i in range(len(population))
                     if counts[i] > 0 and not population[i].finished]
@@ -226,9 +337,9 @@ async def _propagate(
 
     new_ref = None
     if reference is not None and ref_node is not None:
-        new_ref = reference_at(reference, t + 1, ids, ref_node.id)
+        ref_idx = len(population) - 1 if ref_ancestor is None else ref_ancestor
+        new_ref = reference_at(reference, t + 1, ids, population[ref_idx].id)
         next_pop.append(new_ref)
-        ref_idx = len(population) - 1
         next_lw = np.append(next_lw, 0.0 if resampled else lw[ref_idx])
         next_phi = np.append(next_phi, prev_phi[ref_idx])
     return next_pop, next_lw, next_phi, new_ref

@@ -11,6 +11,10 @@ accepted with the Metropolis ratio of the tempered targets p(x) exp(phi(x) / tau
     A = min(1, exp((1/tau_i - 1/tau_j) * (phi(x_j) - phi(x_i))))
 
 (the LM probability p(x) cancels). Budget = M*N*T; the answer comes from the tau_1 chain.
+
+With ``ancestor_sampling=True`` every conditional sweep of either method is a PGAS sweep
+(``pf.sample_reference_ancestor``); the generator's session must be able to score
+continuations, which is checked before any generation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from particlescale.algorithms.common import IdSource, aggregate, candidates_from, potential
 from particlescale.algorithms.config import PFConfig, PGConfig, PTConfig
-from particlescale.algorithms.pf import Progress, Sweep, sweep
+from particlescale.algorithms.pf import Progress, Sweep, require_continuation_scorer, sweep
 from particlescale.algorithms.runner import RunContext
 from particlescale.smc import normalize
 from particlescale.types import Candidate, Particle
@@ -53,6 +57,8 @@ def split_budget(budget: int, iterations: int) -> tuple[int, int]:
 
 async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = None) -> None:
     n, iterations = split_budget(ctx.budget, cfg.iterations)
+    if cfg.ancestor_sampling:
+        await require_continuation_scorer(ctx.session, getattr(ctx.generator, "name", "?"))
     ids = IdSource()
     sweeps: list[Sweep] = []
     reference: Particle | None = None
@@ -60,12 +66,15 @@ async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = Non
         ref = reference if n > 1 else None
         s = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
                         ctx.usage, ctx.trace, ids, n, band=f"iteration {it + 1}",
-                        reference=ref, progress=progress)
+                        reference=ref, progress=progress,
+                        ancestor_sampling=cfg.ancestor_sampling)
         sweeps.append(s)
         reference = _draw_reference(s, ctx.rng)
     ctx.candidates = _pool(sweeps, ctx.aggregation)
     ctx.info.update(particles=n, iterations=iterations,
                     log_z=[s.log_z for s in sweeps])
+    if cfg.ancestor_sampling:
+        ctx.info["ancestor_moves"] = [s.ancestor_moves for s in sweeps]
 
 
 def temperature_ladder(cfg: PTConfig) -> list[float]:
@@ -81,8 +90,11 @@ async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = Non
     n, iterations = split_budget(per_chain, cfg.iterations)
     taus = temperature_ladder(cfg)
     transform = cfg.potential_transform()
+    if cfg.ancestor_sampling:
+        await require_continuation_scorer(ctx.session, getattr(ctx.generator, "name", "?"))
     ids = IdSource()
     refs: list[Particle | None] = [None] * m
+    moves = 0
     target_sweeps: list[Sweep] = []
     proposed = np.zeros(max(1, m - 1), dtype=int)
     accepted = np.zeros(max(1, m - 1), dtype=int)
@@ -91,8 +103,9 @@ async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = Non
             s = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
                             ctx.usage, ctx.trace, ids, n, band=f"chain {c + 1} iteration {it + 1}",
                             reference=refs[c] if n > 1 else None, softmax_temperature=taus[c],
-                            progress=progress)
+                            progress=progress, ancestor_sampling=cfg.ancestor_sampling)
             refs[c] = _draw_reference(s, ctx.rng)
+            moves += s.ancestor_moves
             if c == 0:
                 target_sweeps.append(s)
         # Swap neighbours; alternate even/odd pairs between iterations (deterministic sweep).
@@ -111,3 +124,5 @@ async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = Non
     rates = [float(a / p) if p else None for a, p in zip(accepted, proposed, strict=True)]
     ctx.info.update(particles=n, iterations=iterations, chains=m, temperatures=taus,
                     swap_acceptance=rates[: m - 1], swaps_proposed=proposed[: m - 1].tolist())
+    if cfg.ancestor_sampling:
+        ctx.info["ancestor_moves"] = moves

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from particlescale.backends.llamacpp.chat import render_chat
-from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers
+from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers, proposal_logprob
 from particlescale.backends.llamacpp.steptext import StepText
 from particlescale.errors import BackendError, ModelError
 from particlescale.protocols import SamplingParams
@@ -205,16 +205,24 @@ class _Job:
 
 
 class _Run:
-    """Tokens to decode into a slot; ``on_done(row)`` gets the logits row of the last one."""
+    """Tokens to decode into a slot; ``on_done(row)`` gets the logits row of the last one.
 
-    __slots__ = ("job", "on_done", "pending", "slot")
+    A teacher-forcing run (``on_rows`` set) wants a logits row for each of its last ``rows``
+    tokens: every tick that decodes some of them calls ``on_rows(rows)`` with their rows, in
+    order, before ``on_done``.
+    """
+
+    __slots__ = ("job", "on_done", "on_rows", "pending", "rows", "slot")
 
     def __init__(self, slot: _Slot, pending: list[int], job: _Job,
-                 on_done: Callable[[int], None]) -> None:
+                 on_done: Callable[[int], None], *, rows: int = 1,
+                 on_rows: Callable[[list[int]], None] | None = None) -> None:
         self.slot = slot
         self.pending = pending
         self.job = job
         self.on_done = on_done
+        self.rows = rows
+        self.on_rows = on_rows
 
 
 @dataclass
@@ -265,6 +273,21 @@ class _ScoreJob(_Job):
         self.token_ids = np.asarray(token_ids, dtype=np.int64)
         self.out = np.full((len(prompts), len(token_ids)), np.nan)
         self.remaining = len(prompts)
+
+
+class _ContinuationJob(_Job):
+    """Teacher-forced log-probabilities of ``targets[k]`` after ``contexts[k]``."""
+
+    def __init__(self, contexts: list[list[int]], targets: list[list[int]], eos: bool,
+                 params: SamplingParams, eog: np.ndarray) -> None:
+        super().__init__(None)
+        self.prompts = contexts  # the shared-prefix logic reads ``prompts``
+        self.targets = targets
+        self.eos = eos
+        self.params = params
+        self.eog = eog
+        self.out = np.zeros(len(contexts))
+        self.remaining = len(contexts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +398,7 @@ class LlamaEngine:
         self._row_features: list[np.ndarray | None] | None = None
         self._cache: list[SeqHandle] = []  # scoring prefixes, oldest first
         self._cache_owner = object()
+        self._eog_ids: np.ndarray | None = None
         self.score_cache_size = score_cache_size
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -490,6 +514,47 @@ class LlamaEngine:
         job = _ScoreJob([list(map(int, p)) for p in prompts], list(map(int, token_ids)))
         return await self._submit("score", job)
 
+    async def continuation_logprobs(self, contexts: Sequence[Sequence[int]],
+                                    continuations: Sequence[Sequence[int]], *, eos: bool,
+                                    params: SamplingParams) -> tuple[np.ndarray, int]:
+        """Teacher forcing: ``log q(continuations[k] | contexts[k])`` for each k, where q is
+        the sampler's distribution at ``params.temperature`` / ``params.top_p`` (the proposal
+        :meth:`extend` samples from; greedy gives 0 or -inf), summed over the continuation's
+        tokens, plus (``eos``) the log-probability of ending there with any end-of-generation
+        token. Returns ``(logprobs, tokens decoded)``.
+
+        Each context is started from the longest cached scoring prefix (the contexts' common
+        prefix is decoded once and cached, as in :meth:`next_token_logprobs`), then the
+        context's rest and the continuation are decoded in chunks in which every continuation
+        token asks for its logits row. A decode has room for ``n_seq_max`` output rows in all
+        (llama.cpp's ``n_outputs_max``, sized so), so these runs go after generation in each
+        tick and take the rows left: K continuation tokens cost about K / (rows left) ticks
+        rather than one tick per token. The decoded sequences stay in the scoring cache.
+        """
+        if len(contexts) != len(continuations):
+            raise ValueError("continuations: need one token list per context")
+        if not contexts:
+            return np.empty(0), 0
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("contexts: every context needs at least one token (the prompt)")
+        longest = max(len(c) + len(t) for c, t in zip(contexts, continuations, strict=True))
+        if longest + 1 >= self.n_ctx:
+            raise BackendError(f"a continuation to score has {longest} tokens in all, more than "
+                               f"n_ctx={self.n_ctx} holds; create the engine with a larger "
+                               "n_ctx", kind="protocol")
+        job = _ContinuationJob([list(map(int, c)) for c in contexts],
+                               [list(map(int, t)) for t in continuations], eos, params,
+                               self.eog_tokens())
+        out = await self._submit("continuation", job)
+        return out, job.prompt_tokens
+
+    def eog_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (EOS, end of turn...): generation stops at any."""
+        if self._eog_ids is None:
+            self._eog_ids = np.array([t for t in range(self.n_vocab) if self.is_eog(t)],
+                                     dtype=np.int64)
+        return self._eog_ids
+
     async def sync(self) -> None:
         """Wait until every message sent so far (releases included) has been processed."""
         await self._submit("sync", _Job(None))
@@ -571,6 +636,9 @@ class LlamaEngine:
             elif kind == "score":
                 self._jobs.append(payload)
                 self._start_score(payload)
+            elif kind == "continuation":
+                self._jobs.append(payload)
+                self._start_shared(payload, self._continuation_admit)
             elif kind == "close_session":
                 self._close_session(payload.state)
                 payload.done(None)
@@ -827,6 +895,12 @@ class LlamaEngine:
     def _start_score(self, job: _ScoreJob) -> None:
         """Score prompts; their common prefix is decoded once (starting from the longest
         cached prefix), and every decoded prompt stays cached for later calls."""
+        self._start_shared(job, self._score_admit)
+
+    def _start_shared(self, job: _ScoreJob | _ContinuationJob,
+                      admit_k: Callable[[Any, int], Callable[[_Slot], None]]) -> None:
+        """Queue ``admit_k(job, k)`` for every ``job.prompts[k]``, after decoding (and
+        caching) their common prefix once when it is long and not cached yet."""
         prompts = job.prompts
         lcp = 0
         if len(prompts) > 1:
@@ -837,14 +911,14 @@ class LlamaEngine:
         prefix = prompts[0][:lcp]
         if lcp < SHARE_MIN or lcp - self._best_cached(prefix)[1] < SHARE_MIN:
             for k in range(len(prompts)):
-                self._waiting.append(_Want(job, self._score_admit(job, k)))
+                self._waiting.append(_Want(job, admit_k(job, k)))
             return
 
         def admit_prefix(slot: _Slot) -> None:
             def done(row: int) -> None:
                 self._cache_prefix(slot, prefix)
                 for k in range(len(prompts)):
-                    self._waiting.append(_Want(job, self._score_admit(job, k)))
+                    self._waiting.append(_Want(job, admit_k(job, k)))
             self._runs.append(_Run(slot, self._start_from_cache(slot, prefix), job, done))
 
         self._waiting.append(_Want(job, admit_prefix))
@@ -865,6 +939,43 @@ class LlamaEngine:
 
             self._runs.append(_Run(slot, self._start_from_cache(slot, prompt), job, done))
         return admit
+
+    def _continuation_admit(self, job: _ContinuationJob, k: int) -> Callable[[_Slot], None]:
+        def admit(slot: _Slot) -> None:
+            context, target = job.prompts[k], job.targets[k]
+            # Row j (j = 0..) predicts target[j]; with eos one more row predicts the end.
+            n_rows = len(target) + job.eos
+            decoded = context + (target if job.eos else target[:-1])
+            pending = self._start_from_cache(slot, context) + decoded[len(context):]
+            job.prompt_tokens += len(pending)
+            p = job.params
+            state = {"j": 0, "sum": 0.0}
+
+            def on_rows(rows: list[int]) -> None:
+                for r in rows:
+                    j = state["j"]
+                    want = job.eog if j == len(target) else target[j]
+                    state["sum"] += proposal_logprob(self._row_logits[r], want, p.temperature,
+                                                     p.top_p)
+                    state["j"] = j + 1
+
+            def done(row: int) -> None:
+                job.out[k] = state["sum"]
+                self._cache_prefix(slot, decoded)
+                self._score_done(job)
+
+            if n_rows == 0:  # nothing to score: log 1
+                self._free_slot(slot)
+                self._score_done(job)
+                return
+            self._runs.append(_Run(slot, pending, job, done, rows=n_rows, on_rows=on_rows))
+        return admit
+
+    def _score_done(self, job: _ContinuationJob) -> None:
+        job.remaining -= 1
+        if job.remaining == 0:
+            self._jobs.remove(job)
+            job.done(job.out)
 
     def _best_cached(self, tokens: Sequence[int]) -> tuple[SeqHandle | None, int]:
         """The cached scoring sequence sharing the longest prefix with ``tokens`` (at most
@@ -920,10 +1031,13 @@ class LlamaEngine:
         self._tick_no += 1
         budget = self.n_batch
         n = 0
-        plan: list[tuple[_Run, int, int]] = []  # run, tokens taken, batch index of the last
+        plan: list[tuple[_Run, int, list[int]]] = []  # run, tokens taken, output batch indices
         seq_ids = self._batch.seq_id
-        # Generation steps (one token each) first so they are never starved by long prompts.
-        runs = sorted(self._runs, key=lambda r: len(r.pending) > 1)
+        # Generation steps (one token each) first so they are never starved by long prompts;
+        # teacher-forcing runs last: they take the output rows the others leave (at most
+        # n_seq_max rows per decode, the size of llama.cpp's output buffer).
+        runs = sorted(self._runs, key=lambda r: (r.on_rows is not None, len(r.pending) > 1))
+        rows_left = self.n_seq_max
         hold_last = False
         if self.embeddings:
             # With embeddings on, llama.cpp outputs (and runs the LM head on) *every* token of
@@ -940,7 +1054,10 @@ class LlamaEngine:
         for run in runs:
             if n >= budget:
                 break
+            quiet = len(run.pending) - run.rows  # leading tokens that need no output row
             take = min(len(run.pending) - hold_last, budget - n)
+            if run.on_rows is not None:
+                take = min(take, quiet + rows_left)
             if take <= 0:
                 continue
             s = run.slot
@@ -949,9 +1066,13 @@ class LlamaEngine:
             self._b_logits[n:n + take] = 0
             for k in range(n, n + take):
                 seq_ids[k][0] = s.seq_id
-            if take == len(run.pending):
-                self._b_logits[n + take - 1] = 1
-            plan.append((run, take, n + take - 1))
+            if run.on_rows is not None:
+                outs = list(range(n + max(quiet, 0), n + take))
+            else:
+                outs = [n + take - 1] if take == len(run.pending) else []
+            self._b_logits[outs] = 1
+            rows_left -= len(outs)
+            plan.append((run, take, outs))
             n += take
         self._batch.n_tokens = n
         t0 = _now()
@@ -979,22 +1100,31 @@ class LlamaEngine:
         sessions = {id(r.job.state) for r, _, _ in plan if r.job.state is not None}
         st.max_sessions_per_decode = max(st.max_sessions_per_decode, len(sessions))
 
-        finished: list[_Run] = []
+        finished: list[tuple[_Run, int]] = []
         rows: list[int] = []
-        for run, take, last in plan:
+        forced: list[tuple[_Run, list[int]]] = []
+        for run, take, outs in plan:
             run.slot.n_past += take
             run.slot.last_used = self._tick_no
             if run.job.state is not None:
                 run.job.state.decoded += take
             del run.pending[:take]
+            run.rows = min(run.rows, len(run.pending))
+            first = len(rows)
+            rows.extend(outs)
+            if run.on_rows is not None and outs:
+                forced.append((run, list(range(first, len(rows)))))
             if not run.pending:
-                finished.append(run)
-                rows.append(last)
-        done_ids = {id(r) for r in finished}
+                finished.append((run, len(rows) - 1))
+        done_ids = {id(r) for r, _ in finished}
         self._runs = [r for r in self._runs if id(r) not in done_ids]
         self._row_logits = [self._logits_row(b) for b in rows]
-        self._row_features = [self._embedding_row(b) for b in rows] if self.embeddings else None
-        for k, run in enumerate(finished):
+        self._row_features = ([self._embedding_row(b) for b in rows]
+                              if self.embeddings and self._emb_on else None)
+        for run, ks in forced:
+            if not run.job.aborted:
+                run.on_rows(ks)  # type: ignore[misc]
+        for run, k in finished:
             if not run.job.aborted:
                 run.on_done(k)
         self._sample_pending()

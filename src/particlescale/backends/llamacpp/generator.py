@@ -12,7 +12,8 @@ The same seed gives the same tokens whether the parent's sequence was forked fro
 or rebuilt from its tokens, and whatever else shares the batch.
 
 Usage: ``prompt_tokens`` counts tokens decoded that the session did not just generate (the
-prompt, once, plus any sequence rebuilt after a release or an eviction);
+prompt, once, plus any sequence rebuilt after a release or an eviction, plus the tokens
+``continuation_logprob`` decodes for ancestor sampling);
 ``generated_tokens`` counts sampled tokens; ``lm_calls`` counts ``extend`` calls.
 """
 
@@ -81,6 +82,43 @@ class LlamaCppSession:
         self.usage.prompt_tokens += out.prompt_tokens
         self.usage.generated_tokens += out.generated_tokens
         return out.steps
+
+    async def continuation_logprob(self, prefixes: Sequence[Particle],
+                                   continuation: Sequence[Step]) -> list[float]:
+        """log q(continuation | prompt + prefix) for each prefix (particle Gibbs with ancestor
+        sampling), q being this session's proposal (its temperature and top-p).
+
+        Text layout as when a particle is re-read from its text: steps joined by the
+        delimiter, a last ``eos`` step followed by an end-of-generation token. The
+        continuation's tokens are those of tokenising prefix + continuation as one text
+        (past the prefix's own tokens), or of the continuation alone when the tokeniser
+        merges across the boundary. Scoring is at the text level: a prefix particle whose
+        last token already carried bytes of its next step (see ``steptext.py``) is scored as
+        if it had not. Handles are left alone; the tokens decoded count as prompt tokens.
+        """
+        if not prefixes:
+            return []
+        delim = self.params.delimiter
+        eos = bool(continuation) and continuation[-1].finish == "eos"
+        cont_text = "".join(s.text + (delim if s.finish == "step" else "") for s in continuation)
+        alone: list[int] | None = None
+        contexts, targets = [], []
+        for p in prefixes:
+            own = self._continuation_tokens(p.steps)
+            both = self._continuation_tokens((*p.steps, *continuation))
+            if both[: len(own)] == own:
+                target = both[len(own):]
+            else:
+                if alone is None:
+                    alone = self.engine.tokenize(cont_text) if cont_text else []
+                target = alone
+            contexts.append(list(self.prompt) + own)
+            targets.append(target)
+        out, decoded = await self.engine.continuation_logprobs(contexts, targets, eos=eos,
+                                                                params=self.params)
+        self.usage.lm_calls += 1
+        self.usage.prompt_tokens += decoded
+        return [float(x) for x in out]
 
     def release(self, particles: Iterable[Particle]) -> None:
         handles = []

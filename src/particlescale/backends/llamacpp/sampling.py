@@ -24,9 +24,10 @@ def log_normalizers(logits: np.ndarray) -> np.ndarray:
     return m.astype(np.float64) + np.log(z)
 
 
-def _nucleus_pick(p: np.ndarray, top_p: float, u: float) -> int:
-    """Index into ``p`` drawn from the smallest set of most likely entries whose mass
-    reaches ``top_p`` (the best ``NUCLEUS_CANDIDATES`` first; a full sort only if needed)."""
+def _nucleus(p: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(p normalised, indices of the nucleus)``: the smallest set of most likely entries
+    whose mass reaches ``top_p`` (the best ``NUCLEUS_CANDIDATES`` first; a full sort only if
+    needed), most likely first."""
     p = p / p.sum(dtype=np.float64)
     k = min(NUCLEUS_CANDIDATES, p.size)
     cand = np.argpartition(-p, k - 1)[:k]
@@ -36,7 +37,12 @@ def _nucleus_pick(p: np.ndarray, top_p: float, u: float) -> int:
         cand = np.argsort(-p, kind="stable")
         cs = np.cumsum(p[cand], dtype=np.float64)
     cut = int(np.searchsorted(cs, top_p, side="left")) + 1
-    keep = cand[: min(cut, cand.size)]
+    return p, cand[: min(cut, cand.size)]
+
+
+def _nucleus_pick(p: np.ndarray, top_p: float, u: float) -> int:
+    """Index into ``p`` drawn from the nucleus of mass ``top_p`` (see :func:`_nucleus`)."""
+    p, keep = _nucleus(p, top_p)
     cdf = np.cumsum(p[keep], dtype=np.float64)
     j = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
     return int(keep[min(j, keep.size - 1)])
@@ -97,6 +103,36 @@ class Sampler:
                 np.exp(p, out=p)
             token = _nucleus_pick(p, top_p, u) if top_p < 1.0 else _inverse_cdf(p, u)
         return token, float(logits[token]) - log_z
+
+
+def proposal_logprob(logits: np.ndarray, tokens: int | np.ndarray, temperature: float,
+                     top_p: float) -> float:
+    """log q(tokens) for one row, q being the distribution :meth:`Sampler.sample` draws from
+    (temperature, then top-p truncation; greedy: the argmax has probability 1); ``tokens`` is
+    one id or a set of ids (their total mass, e.g. every end-of-generation token). -inf when
+    q gives them nothing (outside the nucleus, or not the greedy choice)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    ids = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
+    if ids.size == 0:
+        return -np.inf
+    if temperature == 0.0:
+        return 0.0 if int(np.argmax(logits)) in set(ids.tolist()) else -np.inf
+    if top_p >= 1.0:
+        scaled = logits.astype(np.float64) / temperature
+        m = scaled.max()
+        log_z = m + np.log(np.exp(scaled - m).sum())
+        sel = scaled[ids]
+        ms = sel.max()
+        return float(ms + np.log(np.exp(sel - ms).sum()) - log_z)
+    # the same float32 tempered weights as the sampler, so the nucleus is the same set
+    m = logits.max()
+    p = np.exp((logits - m) * np.float32(1.0 / temperature))
+    p, keep = _nucleus(p, top_p)
+    inside = np.isin(ids, keep)
+    if not inside.any():
+        return -np.inf
+    return float(np.log(p[ids[inside]].sum(dtype=np.float64))
+                 - np.log(p[keep].sum(dtype=np.float64)))
 
 
 def sample_row(logits: np.ndarray, temperature: float, top_p: float, u: float

@@ -123,6 +123,33 @@ def chat_body(kind: ServerKind, model: str, messages: list[dict[str, str]], n: i
     return body
 
 
+def echo_body(model: str, prompts: list[str]) -> dict[str, Any]:
+    """Body of a vLLM ``/v1/completions`` request that only scores its prompts: ``echo`` the
+    prompt with each token's log-probability (``logprobs: 0`` = the token's own, no
+    alternatives; vLLM computes them from the raw logits: temperature 1, no top-p) and
+    generate one greedy token, which is ignored (``max_tokens: 0`` is not accepted by every
+    vLLM version)."""
+    return {"model": model, "prompt": prompts, "echo": True, "logprobs": 0, "max_tokens": 1,
+            "n": 1, "temperature": 0.0, "stream": False, "add_special_tokens": False}
+
+
+def parse_echo(body: Any, n_prompts: int) -> tuple[list[list[float | None]], int]:
+    """Per prompt (in order), the echoed ``token_logprobs`` (prompt tokens, then the one
+    generated token; ``None`` for the first prompt token), and the usage's prompt tokens."""
+    try:
+        choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+        rows = [list(c["logprobs"]["token_logprobs"]) for c in choices]
+        prompt_tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BackendError(f"malformed echo answer, expected logprobs.token_logprobs "
+                           f"({type(e).__name__}: {e}): {str(body)[:200]}",
+                           kind="protocol") from e
+    if len(rows) != n_prompts:
+        raise BackendError(f"echo answer has {len(rows)} choices for {n_prompts} prompts",
+                           kind="protocol")
+    return rows, prompt_tokens
+
+
 def llamacpp_body(prompt: str, n: int, params: SamplingParams, seed: int) -> dict[str, Any]:
     """Body of llama-server's native ``POST /completion``."""
     body: dict[str, Any] = {

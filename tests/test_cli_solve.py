@@ -129,7 +129,10 @@ def test_solve_end_to_end_gives_a_boxed_answer(tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly() -> None:
     proc = subprocess.Popen(
         _cli("solve", NATALIA, "--model", "smollm2-135m", "--budget", "8", "--seed", "0",
-             "--reward", "arith", "-o", "max_steps=40"),
+             "--reward", "arith", "-o", "max_steps=40", "-o", "max_step_tokens=256",
+             # A delimiter the model never writes: every step runs to its 256-token cap, so the
+             # run is still going (39 steps to go) when the signal arrives.
+             "-o", "delimiter=@@@@"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

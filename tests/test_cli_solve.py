@@ -128,23 +128,23 @@ def test_solve_end_to_end_gives_a_boxed_answer(tmp_path: Path) -> None:
                     "smollm2-135m")
 def test_ctrl_c_stops_cleanly() -> None:
     proc = subprocess.Popen(
-        _cli("solve", NATALIA, "--model", "smollm2-135m", "--budget", "8", "--seed", "0",
-             "--reward", "arith", "-o", "max_steps=40", "-o", "max_step_tokens=256",
-             # A delimiter the model never writes: every step runs to its 256-token cap, so the
-             # run is still going (39 steps to go) when the signal arrives.
-             "-o", "delimiter=@@@@"),
+        _cli("solve", NATALIA, "--model", "smollm2-135m", "--budget", "16", "--seed", "0",
+             "--reward", "arith", "-o", "max_steps=40", "-o", "max_step_tokens=512"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 300
     seen = ""
-    while time.monotonic() < deadline:  # wait until particles are being extended
+    # The line naming the generator is printed once the engine is up, right before the run
+    # starts: the signal then lands inside the run (waiting for a step line instead raced a
+    # fast machine, where the whole run could end first).
+    while time.monotonic() < deadline:
         line = proc.stderr.readline()
         seen += line
-        if line.startswith("step ") or not line:
+        if line.startswith("generator ") or not line:
             break
-    assert "step " in seen, seen
+    assert "generator " in seen, seen
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, seen + err

@@ -132,6 +132,9 @@ def test_ctrl_c_stops_cleanly() -> None:
              "--reward", "arith", "-o", "max_steps=40", "-o", "max_step_tokens=512"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A child inherits an ignored SIGINT (earlier tests in this process may ignore it),
+        # and Python then installs no KeyboardInterrupt handler: restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 300

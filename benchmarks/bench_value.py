@@ -1,16 +1,25 @@
 """The value head as a process reward, measured on GSM8K *test* problems (never trained on).
 
-1. Sample S solutions per test problem with the embedded engine (hidden states recorded).
-2. Score every solution with each reward: value (last / min / mean over steps), the arithmetic
-   check (mean), the generator's log-prob, and products; report outcome AUC pooled and
-   within-problem (mean over problems with both outcomes), best-of-S and weighted-majority@S.
-3. Accuracy vs budget of `pf` with the value reward against majority vote, best-of-N and
-   weighted best-of-N with the same reward (these from subsets of the S samples, as
-   search-and-learn does), with 95% Wilson intervals.
-4. Cost: wall time of value scoring relative to generation.
+Three stages, each resumable, so the expensive sampling is done once and any head can be
+scored on it later:
 
-Usage: python benchmarks/bench_value.py [--problems 40] [--samples 8] [--budgets 1,2,4,8]
-       [--head PATH]
+1. **Sample** S solutions per test problem with the embedded engine (hidden states recorded),
+   one shard per problem in ``--work`` (the same shards ``train-prm`` writes, plus the step
+   texts and log-probs). ``--sample-minutes`` bounds this stage; re-run to sample more.
+2. **Score offline** every solution with each reward: value (last / min / mean over steps)
+   for each ``--head``, the arithmetic check (mean), the generator's log-prob, and products;
+   outcome AUC pooled and within-problem, best-of-S and weighted-majority@S, accuracy vs
+   budget of majority vote, best-of-N and weighted best-of-N (first N of the S samples, as
+   search-and-learn does), with 95% Wilson intervals.
+3. **pf with the value reward** at ``--pf-budgets`` on the same problems (fresh samples),
+   one line per finished problem in ``--work/pf.jsonl`` (resume), bounded by
+   ``--pf-minutes``. Its accuracy is compared with the baselines *on the problems pf ran*.
+
+Cost of the value reward: scoring time of the head vs sampling time, and the decode time of
+the engine with hidden states on vs off (``--cost-problems``).
+
+Usage: python benchmarks/bench_value.py --work DIR [--problems 100] [--samples 8]
+       [--head PATH ...] [--sample-minutes M] [--pf-budgets 8] [--pf-minutes M]
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import json
 import math
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from particlescale import asolve
-from particlescale.answers import extract_answer, normalize_answer
+from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.protocols import SamplingParams
@@ -38,7 +48,9 @@ from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import ValueReward, packaged_head
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead
-from particlescale.value.train import is_correct, sample_problem
+from particlescale.value.train import SampleSet, SamplingClock, collect, is_correct
+
+MODEL = "qwen2.5-0.5b"
 
 
 def auc(scores: list[float], labels: list[int]) -> float:
@@ -60,182 +72,251 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return (c - h, c + h)
 
 
+def cell(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{k / n:.1%} [{lo:.0%}, {hi:.0%}]"
+
+
 def pick(answers: list[str | None], weights: list[float], mode: str) -> str | None:
+    """The answer chosen by argmax of weight, or by (weighted) vote over normalised answers."""
     if mode == "argmax":
-        i = int(np.argmax(weights))
-        return answers[i]
+        return answers[int(np.argmax(weights))]
     tot: dict[str, float] = defaultdict(float)
     for a, w in zip(answers, weights, strict=True):
         if a is not None:
             tot[normalize_answer(a) or ""] += w if mode == "weighted" else 1.0
-    return max(tot, key=tot.get) if tot else None
+    return max(tot, key=tot.__getitem__) if tot else None
+
+
+async def score_rows(sets: list[SampleSet], heads: dict[str, ValueHead]) -> tuple[list[dict],
+                                                                               float]:
+    """One row per solution with every reward's score; and the heads' scoring seconds."""
+    arith = ArithReward()
+    rewards = {name: ValueReward(h) for name, h in heads.items()}
+    rows, head_seconds = [], 0.0
+    for s in sets:
+        steps = [s.solution_steps(j) for j in range(len(s.solutions))]
+        a = await arith.score(Problem("(scored offline)", id=s.problem_id), steps, Usage())
+        per_head = {}
+        for name, r in rewards.items():
+            t = time.perf_counter()
+            per_head[name] = await r.score(Problem("(scored offline)", id=s.problem_id), steps,
+                                           Usage())
+            head_seconds += time.perf_counter() - t
+        for j, rec in enumerate(s.solutions):
+            toks = sum(rec["tokens"])
+            lp = sum(x or 0.0 for x in rec["logprob"]) / max(1, toks)
+            row = {"problem": s.problem_id, "correct": int(rec["correct"]),
+                   "answer": rec["answer"], "arith": float(np.mean(a[j])),
+                   "logprob": math.exp(lp)}
+            for name, v in per_head.items():
+                row[f"{name}:last"] = v[j][-1]
+                row[f"{name}:min"] = min(v[j])
+                row[f"{name}:mean"] = float(np.mean(v[j]))
+            rows.append(row)
+    return rows, head_seconds
+
+
+def reward_table(rows: list[dict], golds: dict[str, str], samples: int,
+                 rewards: dict[str, Callable[[dict], float]]) -> list[str]:
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_problem[r["problem"]].append(r)
+    n = len(by_problem)
+    out = [f"| reward | AUC pooled | AUC within-problem | best-of-{samples} | "
+           f"weighted-majority@{samples} |", "|---|---|---|---|---|"]
+    for name, f in rewards.items():
+        pooled = auc([f(r) for r in rows], [r["correct"] for r in rows])
+        within = [auc([f(r) for r in rs], [r["correct"] for r in rs])
+                  for rs in by_problem.values()]
+        within = [w for w in within if not math.isnan(w)]
+        bon = wmaj = 0
+        for p, rs in by_problem.items():
+            ans, w = [r["answer"] for r in rs], [f(r) for r in rs]
+            bon += is_correct(golds[p], pick(ans, w, "argmax") or "")
+            wmaj += is_correct(golds[p], pick(ans, w, "weighted") or "")
+        out.append(f"| {name} | {pooled:.3f} | {np.mean(within):.3f} (n={len(within)}) | "
+                   f"{cell(bon, n)} | {cell(wmaj, n)} |")
+    return out
+
+
+def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
+                 reward: Callable[[dict], float], label: str,
+                 pf: dict[int, dict[str, int]], only: set[str] | None = None) -> list[str]:
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if only is None or r["problem"] in only:
+            by_problem[r["problem"]].append(r)
+    n = len(by_problem)
+    out = ["| method | " + " | ".join(f"N={b}" for b in budgets) + " |",
+           "|---|" + "---|" * len(budgets)]
+    table: dict[str, list[str]] = defaultdict(list)
+    for b in budgets:
+        counts: dict[str, int] = defaultdict(int)
+        for p, rs in by_problem.items():
+            sub = rs[:b]
+            ans, w = [r["answer"] for r in sub], [reward(r) for r in sub]
+            counts["majority vote"] += is_correct(golds[p], pick(ans, [1.0] * b, "vote") or "")
+            counts[f"best-of-N ({label})"] += is_correct(golds[p], pick(ans, w, "argmax") or "")
+            counts[f"weighted BoN ({label})"] += is_correct(golds[p],
+                                                           pick(ans, w, "weighted") or "")
+        for name, k in counts.items():
+            table[name].append(cell(k, n))
+        done = pf.get(b, {})
+        table[f"pf ({label})"].append(
+            cell(sum(done[p] for p in by_problem), n) if all(p in done for p in by_problem)
+            else "not run")
+    return out + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]
+
+
+async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[int],
+                 reward: ValueReward, log: Path, deadline: float, args) -> dict[int, dict]:
+    """pf with the value reward, one JSON line per finished (budget, problem): resumable."""
+    done: dict[int, dict[str, int]] = defaultdict(dict)
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("head") == args.pf_head_key:
+                done[r["budget"]][r["problem"]] = r["correct"]
+    sem = asyncio.Semaphore(args.concurrency)
+
+    async def one(k: int, q: Problem, b: int) -> None:
+        async with sem:
+            if q.id in done[b] or time.monotonic() >= deadline:
+                return
+            t = time.perf_counter()
+            res = await asolve(q, generator=gen, reward=reward, method="pf", budget=b, seed=k,
+                               max_steps=args.max_steps, max_step_tokens=args.max_step_tokens)
+            ok = int(is_correct(q.answer or "", res.answer or ""))
+            done[b][q.id] = ok
+            with log.open("a") as f:
+                f.write(json.dumps({"head": args.pf_head_key, "budget": b, "problem": q.id,
+                                    "correct": ok, "answer": res.answer,
+                                    "seconds": round(time.perf_counter() - t, 1)}) + "\n")
+
+    for b in budgets:
+        await asyncio.gather(*(one(k, q, b) for k, q in enumerate(problems)))
+    return done
+
+
+async def embedding_cost(problems: list[Problem], args) -> str:
+    """Decode time of the same best-of-N runs with the engine's hidden states off and on."""
+    seconds = {}
+    for emb in (False, True, False, True):
+        gen = LlamaCppGenerator(MODEL, embeddings=emb, n_seq_max=16)
+        t = time.perf_counter()
+        toks = 0
+        for k, q in enumerate(problems):
+            res = await asolve(q, generator=gen, reward="logprob", method="best-of-n",
+                               budget=8, seed=k, max_steps=args.max_steps,
+                               max_step_tokens=args.max_step_tokens)
+            toks += res.usage.generated_tokens
+        seconds.setdefault(emb, []).append((time.perf_counter() - t, toks))
+        gen.close()
+    off = sum(s for s, _ in seconds[False]) / sum(t for _, t in seconds[False])
+    on = sum(s for s, _ in seconds[True]) / sum(t for _, t in seconds[True])
+    return (f"Hidden states on vs off (best-of-8 with the same seeds on {len(problems)} "
+            f"problems, alternated twice): {1e3 * on:.1f} vs {1e3 * off:.1f} ms per generated "
+            f"token, **{100 * (on / off - 1):+.1f}%**.")
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--problems", type=int, default=40)
+    ap.add_argument("--work", type=Path, required=True, help="shards and pf results (resume)")
+    ap.add_argument("--problems", type=int, default=100)
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--budgets", default="1,2,4,8")
-    ap.add_argument("--offset-seed", type=int, default=1234)
-    ap.add_argument("--head", default=None)
+    ap.add_argument("--seed", type=int, default=1234, help="problem selection and sampling")
+    ap.add_argument("--head", action="append", default=[],
+                    help="head file (repeatable); default the packaged one")
     ap.add_argument("--max-steps", type=int, default=12)
     ap.add_argument("--max-step-tokens", type=int, default=160)
-    ap.add_argument("--pf-budgets", default="8", help="budgets at which pf itself runs (the "
-                    "baselines come from the samples at every --budgets)")
-    ap.add_argument("--skip-pf", action="store_true")
     ap.add_argument("--concurrency", type=int, default=2, help="problems sampled at once")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/particlescale-bench/value_rows.json"),
-                    help="sampled and scored solutions (re-used when the settings match)")
+    ap.add_argument("--sample-minutes", type=float, default=None)
+    ap.add_argument("--budgets", default="1,2,4,8")
+    ap.add_argument("--pf-budgets", default="8")
+    ap.add_argument("--pf-minutes", type=float, default=0.0)
+    ap.add_argument("--cost-problems", type=int, default=0)
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    pf_budgets = [int(b) for b in args.pf_budgets.split(",")]
-
-    head_path = Path(args.head) if args.head else packaged_head("qwen2.5-0.5b")
-    head = ValueHead.load(head_path)
-    ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.offset_seed))
-    gen = LlamaCppGenerator("qwen2.5-0.5b", embeddings=True, n_seq_max=64)
-    params = SamplingParams(max_step_tokens=args.max_step_tokens)
-    arith = ArithReward()
-    value = ValueReward(head)
-    rows = []
-    gen_time = score_time = 0.0
+    pf_budgets = [int(b) for b in args.pf_budgets.split(",") if b]
+    head_paths = [Path(h) for h in args.head] or [packaged_head(MODEL)]
+    heads = {p.stem: ValueHead.load(p) for p in head_paths}
+    ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.seed))
+    golds = {q.id: q.answer or "" for q in ds.problems}
     t0 = time.perf_counter()
 
-    async def one(k: int, p: Problem) -> None:
-        nonlocal gen_time, score_time
-        t = time.perf_counter()
-        sols = await sample_problem(gen, p, args.samples, params, 7_000 + k, args.max_steps,
-                                    Usage())
-        gen_time += time.perf_counter() - t
-        t = time.perf_counter()
-        v = await value.score(p, [s.steps for s in sols], Usage())
-        score_time += time.perf_counter() - t
-        a = await arith.score(p, [s.steps for s in sols], Usage())
-        for s, vs, ar in zip(sols, v, a, strict=True):
-            toks = sum(st.tokens for st in s.steps)
-            lp = sum(st.logprob or 0.0 for st in s.steps) / max(1, toks)
-            rows.append({"problem": p.id, "correct": int(is_correct(p.answer or "", s.text)),
-                         "answer": extract_answer(s.text), "value_last": vs[-1],
-                         "value_min": min(vs), "value_mean": float(np.mean(vs)),
-                         "arith": float(np.mean(ar)), "logprob": math.exp(lp)})
+    clock = SamplingClock(args.work)
+    gen = LlamaCppGenerator(MODEL, embeddings=True, n_seq_max=max(16, 8 * args.concurrency))
+    deadline = None if args.sample_minutes is None else time.monotonic() + 60 * args.sample_minutes
+    params = SamplingParams(max_step_tokens=args.max_step_tokens)
+    sets = await collect(gen, ds.problems, args.samples, args.work, seed=args.seed,
+                         params=params, max_steps=args.max_steps,
+                         concurrency=args.concurrency, deadline=deadline,
+                         on_done=lambda s, cached: None if cached else clock.shard_done())
+    clock.save()
+    sets = [s for s in sets if s.solutions]
+    print(f"{len(sets)} of {len(ds.problems)} problems sampled", flush=True)
+    rows, head_seconds = await score_rows(sets, heads)
 
-    sem = asyncio.Semaphore(args.concurrency)
-
-    async def guarded(k: int, p: Problem) -> None:
-        async with sem:
-            await one(k, p)
-
-    key = {"problems": args.problems, "samples": args.samples, "seed": args.offset_seed,
-           "head": head_path.name, "head_sha": head.metadata.get("created"),
-           "max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens}
-    cached = json.loads(args.cache.read_text()) if args.cache.exists() else {}
-    if cached.get("key") == key:
-        rows, gen_time, score_time = cached["rows"], cached["gen_time"], cached["score_time"]
-        sample_wall = cached["sample_wall"]
-        print(f"re-using {len(rows)} scored solutions from {args.cache}", flush=True)
-    else:
-        await asyncio.gather(*(guarded(k, p) for k, p in enumerate(ds.problems)))
-        sample_wall = time.perf_counter() - t0
-        args.cache.parent.mkdir(parents=True, exist_ok=True)
-        args.cache.write_text(json.dumps({"key": key, "rows": rows, "gen_time": gen_time,
-                                          "score_time": score_time,
-                                          "sample_wall": sample_wall}))
-
-    rewards = {
-        "value (last)": lambda r: r["value_last"],
-        "value (min)": lambda r: r["value_min"],
-        "value (mean)": lambda r: r["value_mean"],
-        "arith (mean)": lambda r: r["arith"],
-        "log-prob": lambda r: r["logprob"],
-        "arith × log-prob": lambda r: r["arith"] * r["logprob"],
-        "value (last) × arith": lambda r: r["value_last"] * r["arith"],
-    }
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_problem[r["problem"]].append(r)
-    n_prob = len(by_problem)
-    lines = [f"GSM8K test: {n_prob} problems (seeded sample, seed {args.offset_seed}), "
-             f"{args.samples} solutions each by `qwen2.5-0.5b` (T=0.8, ≤{args.max_steps} steps "
-             f"of ≤{args.max_step_tokens} tokens), head `{head_path.name}` "
-             f"(trained on {head.metadata.get('training', {}).get('problems', '?')} GSM8K "
-             "train problems).", ""]
+    first = next(iter(heads))
+    h0 = heads[first]
+    tr = h0.metadata.get("training", {})
+    val = h0.metadata.get("validation", {})
+    tokens = sum(s.tokens for s in sets)
+    steps = sum(len(s.labels) for s in sets)
     sc = sum(r["correct"] for r in rows) / len(rows)
-    maj = sum(
-        is_correct(ds_gold(ds, p), pick([r["answer"] for r in rs], [1.0] * len(rs), "vote") or "")
-        for p, rs in by_problem.items()) / n_prob
-    oracle = sum(any(r["correct"] for r in rs) for rs in by_problem.values()) / n_prob
-    lines += [f"One sample: {sc:.1%}; majority@{args.samples}: {maj:.1%}; "
-              f"oracle pass@{args.samples}: {oracle:.1%}.", "",
-              f"| reward | AUC pooled | AUC within-problem | best-of-{args.samples} | "
-              f"weighted-majority@{args.samples} |", "|---|---|---|---|---|"]
-    for name, f in rewards.items():
-        pooled = auc([f(r) for r in rows], [r["correct"] for r in rows])
-        within = [auc([f(r) for r in rs], [r["correct"] for r in rs]) for rs in
-                  by_problem.values()]
-        within = [w for w in within if not math.isnan(w)]
-        bon = wmaj = 0
-        for p, rs in by_problem.items():
-            gold = ds_gold(ds, p)
-            ans = [r["answer"] for r in rs]
-            w = [f(r) for r in rs]
-            bon += is_correct(gold, pick(ans, w, "argmax") or "")
-            wmaj += is_correct(gold, pick(ans, w, "weighted") or "")
-        lines.append(f"| {name} | {pooled:.3f} | {np.mean(within):.3f} (n={len(within)}) | "
-                     f"{bon / n_prob:.1%} | {wmaj / n_prob:.1%} |")
-    lines += ["", f"Cost: value scoring took {score_time:.3f} s in all against {sample_wall:.1f} s "
-              f"of sampling wall time ({100 * score_time / max(sample_wall, 1e-9):.2f}% extra; "
-              "the hidden states come from the generating decode, so the head is one small "
-              "matrix product per step).", ""]
+    n = len(sets)
+    maj = sum(is_correct(golds[s.problem_id],
+                         pick([r["answer"] for r in s.solutions], [1.0] * len(s.solutions),
+                              "vote") or "") for s in sets)
+    oracle = sum(any(r["correct"] for r in s.solutions) for s in sets)
+    lines = [f"GSM8K test: {n} problems (seeded sample, seed {args.seed}), {args.samples} "
+             f"solutions each by `{MODEL}` (T=0.8, ≤{args.max_steps} steps of "
+             f"≤{args.max_step_tokens} tokens; {tokens} tokens in {clock.seconds} s of "
+             f"sampling). Head `{first}`: {h0.kind}, trained on {tr.get('problems', '?')} GSM8K "
+             f"train problems × {tr.get('samples', '?')} solutions; cross-validated AUC "
+             f"{val.get('val_auc', float('nan')):.3f} pooled / "
+             f"{val.get('val_auc_within', float('nan')):.3f} within problem.", "",
+             f"One sample: {sc:.1%}; majority@{args.samples}: {cell(maj, n)}; "
+             f"oracle pass@{args.samples}: {cell(oracle, n)}.", ""]
+    rewards: dict[str, Callable[[dict], float]] = {}
+    for name in heads:
+        tag = "value" if len(heads) == 1 else f"value[{name}]"
+        for agg in ("last", "min", "mean"):
+            rewards[f"{tag} ({agg})"] = lambda r, k=f"{name}:{agg}": r[k]
+    rewards["arith (mean)"] = lambda r: r["arith"]
+    rewards["log-prob"] = lambda r: r["logprob"]
+    rewards["arith × log-prob"] = lambda r: r["arith"] * r["logprob"]
+    rewards["value (last) × arith"] = lambda r: r[f"{first}:last"] * r["arith"]
+    lines += reward_table(rows, golds, args.samples, rewards)
+    lines += ["", f"Scoring cost: the head scored {steps} step prefixes in {head_seconds:.3f} s "
+              f"({1e6 * head_seconds / max(1, steps):.0f} µs per step) against "
+              f"{clock.seconds} s of sampling."]
+    if args.cost_problems:
+        lines += ["", await embedding_cost(ds.problems[: args.cost_problems], args)]
 
-    if not args.skip_pf:
-        lines += ["Accuracy vs budget (95% Wilson interval); baselines from subsets of the "
-                  f"{args.samples} samples (first N), pf runs with `--reward value` at "
-                  f"N = {', '.join(map(str, pf_budgets))} only (each pf run samples anew):", "",
-                  "| method | " + " | ".join(f"N={b}" for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
-        table: dict[str, list[str]] = defaultdict(list)
-        for b in budgets:
-            counts = Counter()
-            for p, rs in by_problem.items():
-                gold = ds_gold(ds, p)
-                sub = rs[:b]
-                ans = [r["answer"] for r in sub]
-                w = [r["value_last"] for r in sub]
-                counts["majority vote"] += is_correct(gold, pick(ans, [1.0] * b, "vote") or "")
-                counts["best-of-N (value)"] += is_correct(gold, pick(ans, w, "argmax") or "")
-                counts["weighted BoN (value)"] += is_correct(gold, pick(ans, w, "weighted") or "")
-            for name in ("majority vote", "best-of-N (value)", "weighted BoN (value)"):
-                lo, hi = wilson(counts[name], n_prob)
-                table[name].append(f"{counts[name] / n_prob:.1%} [{lo:.0%}, {hi:.0%}]")
-            problems = [next(q for q in ds.problems if q.id == p) for p in by_problem]
-
-            if b not in pf_budgets:
-                table["pf (value)"].append("not run")
-                continue
-
-            async def run_pf(k: int, q: Problem, b: int = b) -> int:
-                async with sem:
-                    res = await asolve(q, generator=gen, reward=value, method="pf", budget=b,
-                                       seed=k, max_steps=args.max_steps,
-                                       max_step_tokens=args.max_step_tokens)
-                return int(is_correct(q.answer or "", res.answer or ""))
-
-            ok = sum(await asyncio.gather(*(run_pf(k, q) for k, q in enumerate(problems))))
-            lo, hi = wilson(ok, n_prob)
-            table["pf (value)"].append(f"{ok / n_prob:.1%} [{lo:.0%}, {hi:.0%}]")
-        for name, cells in table.items():
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Wall time: {time.perf_counter() - t0:.0f} s (sampling {sample_wall:.0f} s)."]
+    value_of: Callable[[dict], float] = rewards["value (last)" if len(heads) == 1
+                                                else f"value[{first}] (last)"]
+    lines += ["", "Accuracy vs budget (95% Wilson intervals), all problems sampled; baselines "
+              f"use the first N of the {args.samples} samples and the value head's last-step "
+              "score:", ""]
+    lines += budget_table(rows, golds, budgets, value_of, "value", {})
+    if pf_budgets:
+        args.pf_head_key = f"{first}:{h0.metadata.get('created')}"
+        problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
+        deadline = time.monotonic() + 60 * args.pf_minutes
+        done = await run_pf(gen, problems, pf_budgets, ValueReward(h0), args.work / "pf.jsonl",
+                            deadline, args)
+        ran = set.intersection(*(set(done.get(b, {})) for b in pf_budgets))
+        if ran:
+            lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
+                      f"problems where pf ran at N = {', '.join(map(str, pf_budgets))}:", ""]
+            lines += budget_table(rows, golds, budgets, value_of, "value", done, only=ran)
     gen.close()
+    lines += ["", f"This run: {time.perf_counter() - t0:.0f} s."]
     body = "\n".join(lines)
     print(body)
     write_section("value", "## Value head (learned PRM) on GSM8K test\n\n" + body)
-    Path("artifacts").mkdir(exist_ok=True)
-    Path("artifacts/bench_value_rows.json").write_text(json.dumps(rows))
-
-
-def ds_gold(ds, pid: str) -> str:
-    return next(q.answer for q in ds.problems if q.id == pid) or ""
 
 
 if __name__ == "__main__":

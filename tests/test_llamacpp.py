@@ -359,3 +359,57 @@ def test_solve_end_to_end_with_pf(engine):
     assert result.candidates
     asyncio.run(engine.sync())
     assert engine.live_sequences == 0
+
+
+def _final_at(max_steps: int):
+    return lambda st, n: st.finish == "eos" or n >= max_steps
+
+
+@pytest.mark.model
+async def test_extend_to_end_runs_each_child_to_its_end_without_a_step_barrier(gen, engine):
+    s, usage = open_session(gen, seed=3, max_step_tokens=12)
+    calls0 = engine.stats.decode_calls
+    (runs,) = await s.extend_to_end([Particle(0)], [4], _final_at(4))
+    calls = engine.stats.decode_calls - calls0
+    assert len(runs) == 4
+    lengths = [sum(st.tokens for st in run) for run in runs]
+    assert usage.generated_tokens == sum(lengths) and usage.lm_calls == 1
+    for run in runs:
+        assert 1 <= len(run) <= 4
+        assert run[-1].finish == "eos" or len(run) == 4
+        assert all(st.finish != "eos" for st in run[:-1])
+        assert all(st.handle is None for st in run[:-1]) and run[-1].handle is not None
+        # the steps are the sequence's own tokens, cut at the delimiter
+        text = engine.detokenize(run[-1].handle.tokens)
+        joined = "".join(st.text + ("\n\n" if st.finish == "step" else "") for st in run)
+        assert text.startswith(joined.rstrip("\n")), (text, joined)
+    # No step barrier: every decode call carries a token of every child still running, so
+    # the calls are those of the longest child (plus the prompt), not the sum over steps of
+    # each step's longest child.
+    assert sum(len(run) for run in runs) > 4  # several steps: a barrier would have mattered
+    assert calls <= max(lengths) + 2, (calls, lengths)
+    s.release([Particle(0, steps=tuple(run)) for run in runs])
+    await s.aclose()
+
+
+@pytest.mark.model
+async def test_extend_to_end_reproduces_with_its_seed():
+    # A fresh engine each time: the same work in the same order is bit-reproducible. (Shared
+    # work is not quite: llama.cpp's CPU kernels round differently for different batch
+    # shapes, so a prompt read from the cache or decoded beside another session's tokens
+    # can shift a logit by ~1e-3 and, now and then, a sampled token.)
+    from particlescale.backends.llamacpp import LlamaCppGenerator, LlamaEngine
+
+    async def run(seed):
+        eng = LlamaEngine(MODEL, n_ctx=4096, n_seq_max=8)
+        try:
+            s, _ = open_session(LlamaCppGenerator(eng), seed=seed, max_step_tokens=16)
+            (runs,) = await s.extend_to_end([Particle(0)], [3], _final_at(3))
+            await s.aclose()
+            return [[st.text for st in r] for r in runs]
+        finally:
+            eng.close()
+
+    first = await run(5)
+    assert await run(5) == first
+    assert await run(6) != first

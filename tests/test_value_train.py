@@ -67,6 +67,15 @@ def test_collect_writes_a_shard_per_problem_resumes_and_keeps_to_its_deadline(tm
             # shards keep features as float16: loaded values are the rounded ones
             np.testing.assert_array_equal(a.features.astype(np.float16), b.features)
             np.testing.assert_array_equal(a.labels, b.labels)
+            # the solutions themselves come back too, so other rewards can score them later
+            assert b.solutions == a.solutions and len(b.solutions) == 2
+            for j, rec in enumerate(b.solutions):
+                steps = b.solution_steps(j)
+                assert [st.text for st in steps] == rec["steps"]
+                assert rec["correct"] == bool(b.labels[b.solution == j][0])
+                assert sum(st.tokens for st in steps) > 0
+                np.testing.assert_array_equal(steps[-1].features,
+                                              b.features[b.solution == j][-1])
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

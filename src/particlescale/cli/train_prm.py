@@ -39,7 +39,7 @@ def train_prm(
     from particlescale.backends.llamacpp import LlamaCppGenerator
     from particlescale.eval.datasets import Selection, load_dataset
     from particlescale.protocols import SamplingParams
-    from particlescale.value.train import collect, fit_from_sets, write_head
+    from particlescale.value.train import SamplingClock, collect, fit_from_sets, write_head
 
     if kind not in ("logistic", "mlp"):
         raise ConfigError(f"--kind: unknown {kind!r}; choose logistic or mlp")
@@ -61,7 +61,7 @@ def train_prm(
     params = SamplingParams(temperature=temperature, max_step_tokens=max_step_tokens)
     start = time.perf_counter()
     stats = {"tokens": 0, "correct": 0, "solutions": 0}
-    clock = _SamplingClock(work)
+    clock = SamplingClock(work)
     try:
         with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
@@ -106,41 +106,7 @@ def train_prm(
         write_head(head, out, {"wall_seconds": round(time.perf_counter() - start, 1)})
     finally:
         gen.close()
-    console.print(f"head written to {out}: validation AUC {metrics['val_auc']:.3f} on "
-                  f"{metrics['val_examples']} held-out prefixes "
-                  f"({metrics['train_examples']} for training)")
-
-
-
-class _SamplingClock:
-    """Sampling seconds summed over every run that wrote shards into ``work``, kept in
-    ``work/sampling.json`` and updated as each shard lands (a killed run keeps its record).
-    None once shards exist that no record accounts for (written by an older version)."""
-
-    def __init__(self, work: Path) -> None:
-        import json
-
-        self.path = work / "sampling.json"
-        work.mkdir(parents=True, exist_ok=True)
-        rec = (json.loads(self.path.read_text()) if self.path.exists()
-               else {"seconds": 0.0, "shards": 0})
-        if len(list(work.glob("*.npz"))) > rec["shards"]:
-            rec["seconds"] = None
-        self.base, self.shards = rec["seconds"], rec["shards"]
-        self.start = time.perf_counter()
-        self.save()
-
-    @property
-    def seconds(self) -> float | None:
-        if self.base is None:
-            return None
-        return round(self.base + time.perf_counter() - self.start, 1)
-
-    def shard_done(self) -> None:
-        self.shards += 1
-        self.save()
-
-    def save(self) -> None:
-        import json
-
-        self.path.write_text(json.dumps({"seconds": self.seconds, "shards": self.shards}))
+    console.print(f"head written to {out}: cross-validated AUC {metrics['val_auc']:.3f} pooled, "
+                  f"{metrics['val_auc_within']:.3f} within problem "
+                  f"({metrics['val_examples']} prefixes of {metrics['problems']} problems, "
+                  f"{metrics['folds']} folds split by problem)")

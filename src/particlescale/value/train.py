@@ -20,17 +20,17 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from particlescale.algorithms.common import IdSource, extend, rollout
+from particlescale.algorithms.common import IdSource, extend, is_final, rollout
 from particlescale.answers import extract_answer
 from particlescale.errors import ConfigError
 from particlescale.protocols import Generator, SamplingParams
-from particlescale.types import Particle, Problem, Usage
+from particlescale.types import Particle, Problem, Step, Usage
 from particlescale.value.head import ValueHead, fit_head
 
 
@@ -45,19 +45,33 @@ class SampleSet:
     solution: np.ndarray  # (prefixes,) index of the solution within the problem
     step: np.ndarray  # (prefixes,) 1-based step index
     tokens: int
+    # Per solution: its steps (text, finish, log-prob, tokens) and extracted answer, so that
+    # other rewards can be scored on the same samples later without generating again.
+    # Empty for shards written before this field existed.
+    solutions: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
+        sols = np.frombuffer(json.dumps(self.solutions).encode(), dtype=np.uint8)
         np.savez_compressed(tmp, features=self.features.astype(np.float16), labels=self.labels,
                             outcome=self.outcome, solution=self.solution, step=self.step,
-                            tokens=np.array(self.tokens))
+                            tokens=np.array(self.tokens), solutions=sols)
         tmp.replace(path)  # atomic: a killed run never leaves a torn shard
 
     @staticmethod
     def load(path: Path, problem_id: str) -> SampleSet:
-        z = np.load(path)
+        z = np.load(path, allow_pickle=False)
+        sols = json.loads(bytes(z["solutions"]).decode()) if "solutions" in z.files else []
         return SampleSet(problem_id, z["features"].astype(np.float64), z["labels"],
-                         z["outcome"], z["solution"], z["step"], int(z["tokens"]))
+                         z["outcome"], z["solution"], z["step"], int(z["tokens"]), sols)
+
+    def solution_steps(self, j: int) -> list[Step]:
+        """Solution ``j`` as Steps, with the hidden states of its prefixes."""
+        rows = np.flatnonzero(self.solution == j)
+        rec = self.solutions[j]
+        return [Step(text=t, finish=f, logprob=lp, tokens=n, features=self.features[r])
+                for t, f, lp, n, r in zip(rec["steps"], rec["finish"], rec["logprob"],
+                                          rec["tokens"], rows, strict=True)]
 
 
 def is_correct(gold: str, text: str) -> bool:
@@ -76,15 +90,31 @@ async def sample_problem(
     seed: int,
     max_steps: int,
     usage: Usage,
+    *,
+    barrier: bool = False,
 ) -> list[Particle]:
-    """S complete solutions of one problem, each step carrying its hidden state."""
+    """S complete solutions of one problem, each step carrying its hidden state.
+
+    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, the
+    S solutions are sampled in one engine job that never holds the batch at a step end
+    (independent samples need no step barrier; ``rollout``, which ends every step of every
+    particle before starting the next, is used otherwise).
+    """
     rng = np.random.default_rng(seed)
     session = generator.session(problem, params, rng, usage)
     ids = IdSource()
+    root = Particle(id=ids())
     try:
-        first = await extend(session, [Particle(id=ids())], [samples], ids, max_steps)
-        session.release([p for p in first if p.finished])
-        return await rollout(session, first, ids, max_steps)
+        to_end = getattr(session, "extend_to_end", None)
+        if barrier or to_end is None:
+            first = await extend(session, [root], [samples], ids, max_steps)
+            session.release([p for p in first if p.finished])
+            return await rollout(session, first, ids, max_steps)
+        (runs,) = await to_end([root], [samples], lambda s, n: is_final(s, n, max_steps))
+        out = [Particle(id=ids(), steps=tuple(steps), parent=root.id, finished=True)
+               for steps in runs]
+        session.release(out)
+        return out
     finally:
         await session.aclose()
 
@@ -94,10 +124,16 @@ def label_solutions(problem: Problem, solutions: Sequence[Particle]) -> SampleSe
         raise ConfigError(f"dataset: problem {problem.id!r} has no gold answer; train-prm needs "
                           "a dataset with gold answers (map the answer field)")
     feats, labels, sol, step = [], [], [], []
+    records: list[dict[str, Any]] = []
     tokens = 0
     for j, p in enumerate(solutions):
         ok = float(is_correct(problem.answer, p.text))
         tokens += sum(s.tokens for s in p.steps)
+        records.append({"answer": extract_answer(p.text), "correct": bool(ok),
+                        "steps": [s.text for s in p.steps],
+                        "finish": [s.finish for s in p.steps],
+                        "logprob": [s.logprob for s in p.steps],
+                        "tokens": [s.tokens for s in p.steps]})
         for i, s in enumerate(p.steps):
             if s.features is None:
                 raise ConfigError("generator: steps carry no hidden states; create the "
@@ -108,7 +144,7 @@ def label_solutions(problem: Problem, solutions: Sequence[Particle]) -> SampleSe
             step.append(i + 1)
     x = np.stack(feats) if feats else np.zeros((0, 0))
     y = np.array(labels)
-    return SampleSet(problem.id, x, y, y.copy(), np.array(sol), np.array(step), tokens)
+    return SampleSet(problem.id, x, y, y.copy(), np.array(sol), np.array(step), tokens, records)
 
 
 def _shard(out: Path, problem_id: str) -> Path:
@@ -187,3 +223,33 @@ def write_head(head: ValueHead, path: Path, info: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     head.save(path)
     path.with_suffix(".json").write_text(json.dumps(head.metadata, indent=2, default=str))
+
+
+class SamplingClock:
+    """Sampling seconds summed over every run that wrote shards into ``work``, kept in
+    ``work/sampling.json`` and updated as each shard lands (a killed run keeps its record).
+    None once shards exist that no record accounts for (written by an older version)."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / "sampling.json"
+        work.mkdir(parents=True, exist_ok=True)
+        rec = (json.loads(self.path.read_text()) if self.path.exists()
+               else {"seconds": 0.0, "shards": 0})
+        if len(list(work.glob("*.npz"))) > rec["shards"]:
+            rec["seconds"] = None
+        self.base, self.shards = rec["seconds"], rec["shards"]
+        self.start = time.perf_counter()
+        self.save()
+
+    @property
+    def seconds(self) -> float | None:
+        if self.base is None:
+            return None
+        return round(self.base + time.perf_counter() - self.start, 1)
+
+    def shard_done(self) -> None:
+        self.shards += 1
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"seconds": self.seconds, "shards": self.shards}))

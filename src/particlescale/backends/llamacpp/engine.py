@@ -162,9 +162,17 @@ class ParentSpec:
     root: bool = False  # the empty prefix: fork from the session's prompt
 
 
+# ``extend_to_end``'s stopping rule: (parent index, the step just ended, how many steps this
+# child has generated so far, counting that one) -> whether the child's solution is over.
+StopRule = Callable[[int, Step, int], bool]
+
+
 @dataclass
 class ExtendOutcome:
-    steps: list[list[Step]]
+    """``steps[i][j]``: child j of parent i, a Step (``extend``) or the list of Steps up to
+    the end of its solution (``extend_to_end``)."""
+
+    steps: list[list[Any]]
     prompt_tokens: int
     generated_tokens: int
 
@@ -236,8 +244,8 @@ class _Want:
 class _Child:
     """One child being generated: its step text, tokens and RNG stream."""
 
-    __slots__ = ("base", "feature", "finish", "job", "logprob", "params", "pos", "rng", "slot",
-                 "text", "tokens")
+    __slots__ = ("base", "done", "feature", "finish", "job", "logprob", "params", "pos", "rng",
+                 "slot", "text", "tokens")
 
     def __init__(self, job: _ExtendJob, pos: tuple[int, int], base: tuple[int, ...],
                  carry: bytes, seed: int) -> None:
@@ -252,15 +260,17 @@ class _Child:
         self.slot: _Slot | None = None
         self.finish: FinishReason | None = None
         self.feature: np.ndarray | None = None
+        self.done: list[Step] = []  # steps already ended, under extend_to_end
 
 
 class _ExtendJob(_Job):
     def __init__(self, state: SessionState, specs: list[ParentSpec],
-                 params: SamplingParams) -> None:
+                 params: SamplingParams, until: StopRule | None = None) -> None:
         super().__init__(state)
         self.specs = specs
         self.params = params
-        self.results: list[list[Step | None]] = [[None] * s.children for s in specs]
+        self.until = until
+        self.results: list[list[Any]] = [[None] * s.children for s in specs]
         self.remaining = sum(s.children for s in specs)
         self.generated = 0
         self.handles: list[SeqHandle] = []
@@ -484,6 +494,18 @@ class LlamaEngine:
     async def extend(self, state: SessionState, specs: list[ParentSpec],
                      params: SamplingParams) -> ExtendOutcome:
         job = _ExtendJob(state, specs, params)
+        return await self._submit("extend", job)
+
+    async def extend_to_end(self, state: SessionState, specs: list[ParentSpec],
+                            params: SamplingParams, until: StopRule) -> ExtendOutcome:
+        """Like ``extend``, but each child goes on past its step ends until ``until`` says its
+        solution is over (an end-of-generation token always is), without waiting for the
+        other children: a child whose step ends keeps its slot and decodes its next step in
+        the very next batch. Children are independent samples (no resampling between
+        steps), so nothing needs the others' steps first. The whole job runs on the engine
+        thread: its batches do not depend on when the caller gets to ask for a next step.
+        """
+        job = _ExtendJob(state, specs, params, until)
         return await self._submit("extend", job)
 
     def release(self, handles: Sequence[SeqHandle]) -> None:
@@ -841,6 +863,20 @@ class LlamaEngine:
             else:
                 self._continue(child, token)
                 return
+        job = child.job
+        if job.until is not None and child.finish != "eos":
+            step = Step(text=text, tokens=len(child.tokens), finish=child.finish,
+                        logprob=float(child.logprob), features=child.feature)
+            if not job.until(child.pos[0], step, len(child.done) + 1):
+                # Not over: keep the step, start the next one on the same sequence (the token
+                # that ended this step is decoded next, exactly as if the step had not ended).
+                child.done.append(step)
+                child.base = child.base + tuple(child.tokens)
+                child.tokens, child.logprob, child.feature = [], 0.0, None
+                child.finish = None
+                child.text = StepText(p.delimiter, carry)
+                self._continue(child, token)
+                return
         self._finish_child(child, text, carry)
 
     def _continue(self, child: _Child, token: int) -> None:
@@ -873,7 +909,7 @@ class LlamaEngine:
         step = Step(text=text, tokens=len(child.tokens), finish=child.finish or "step",
                     logprob=float(child.logprob), handle=handle, features=child.feature)
         i, j = child.pos
-        job.results[i][j] = step
+        job.results[i][j] = step if job.until is None else [*child.done, step]
         job.remaining -= 1
         if job.remaining == 0:
             self._complete_extend(job)

@@ -8,8 +8,10 @@ all sessions sharing the engine are decoded together.
 
 Reproducibility: for each child, in the order parent 0 child 0, parent 0 child 1, ..., the
 session draws one 63-bit seed from its RNG; the child samples its tokens from its own stream.
-The same seed gives the same tokens whether the parent's sequence was forked from the cache
-or rebuilt from its tokens, and whatever else shares the batch.
+A fresh engine given the same work in the same order gives the same tokens. Work shared
+with other sessions is reproducible only up to floating point: llama.cpp's CPU kernels round
+differently for different batch shapes, so a prompt read from the cache, or decoded beside
+another session's tokens, can shift a logit by ~1e-3 and now and then change a sampled token.
 
 Usage: ``prompt_tokens`` counts tokens decoded that the session did not just generate (the
 prompt, once, plus any sequence rebuilt after a release or an eviction, plus the tokens
@@ -20,12 +22,17 @@ prompt, once, plus any sequence rebuilt after a release or an eviction, plus the
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from particlescale.backends.llamacpp.engine import LlamaEngine, ParentSpec, SeqHandle
+from particlescale.backends.llamacpp.engine import (
+    ExtendOutcome,
+    LlamaEngine,
+    ParentSpec,
+    SeqHandle,
+)
 from particlescale.models import DEFAULT_GENERATOR
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
@@ -58,6 +65,25 @@ class LlamaCppSession:
 
     async def extend(self, parents: Sequence[Particle], children: Sequence[int]
                      ) -> list[list[Step]]:
+        out = await self.engine.extend(self.state, self._specs(parents, children), self.params)
+        self._count(out)
+        return out.steps
+
+    async def extend_to_end(self, parents: Sequence[Particle], children: Sequence[int],
+                            final: Callable[[Step, int], bool]) -> list[list[list[Step]]]:
+        """``children[i]`` independent continuations of parent i, each run until
+        ``final(step, n)`` (n: the particle's step count with that step) or an end of
+        generation: ``out[i][j]`` is child j's new steps. No step barrier: each child goes on
+        as soon as its step ends (see ``LlamaEngine.extend_to_end``). Only the last step of
+        each child carries a handle; seeds are drawn as in ``extend``."""
+        specs = self._specs(parents, children)
+        sizes = [len(p.steps) for p in parents]
+        out = await self.engine.extend_to_end(
+            self.state, specs, self.params, lambda i, step, k: final(step, sizes[i] + k))
+        self._count(out)
+        return out.steps
+
+    def _specs(self, parents: Sequence[Particle], children: Sequence[int]) -> list[ParentSpec]:
         if len(parents) != len(children):
             raise ValueError(f"children: got {len(children)} counts for {len(parents)} parents")
         self.usage.lm_calls += 1
@@ -78,10 +104,11 @@ class LlamaCppSession:
             else:
                 toks = tuple(self._continuation_tokens(parent.steps))
                 specs.append(ParentSpec(k, seeds, tokens=toks, root=not toks))
-        out = await self.engine.extend(self.state, specs, self.params)
+        return specs
+
+    def _count(self, out: ExtendOutcome) -> None:
         self.usage.prompt_tokens += out.prompt_tokens
         self.usage.generated_tokens += out.generated_tokens
-        return out.steps
 
     async def continuation_logprob(self, prefixes: Sequence[Particle],
                                    continuation: Sequence[Step]) -> list[float]:

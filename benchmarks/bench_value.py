@@ -220,6 +220,42 @@ async def embedding_cost(problems: list[Problem], args) -> str:
             f"token, **{100 * (on / off - 1):+.1f}%**.")
 
 
+async def step_quality(gen: LlamaCppGenerator, problems: list[Problem], sets: list[SampleSet],
+                       heads: dict[str, ValueHead], args) -> str:
+    """AUC of per-step scores against Math-Shepherd's Monte-Carlo step labels (hard
+    estimation: a prefix is good if any of R completions from it ends correct)."""
+    chosen = {s.problem_id for s in sets[: args.mc_problems]}
+    todo = [q for q in problems if q.id in chosen]
+    deadline = None if args.mc_minutes is None else time.monotonic() + 60 * args.mc_minutes
+    t = time.perf_counter()
+    mc = await collect(gen, todo, args.samples, args.work, seed=args.seed,
+                       params=SamplingParams(max_step_tokens=args.max_step_tokens),
+                       max_steps=args.max_steps, concurrency=args.concurrency,
+                       deadline=deadline, mc_rollouts=args.mc_rollouts)
+    mc = [m for m in mc if m.mc_rollouts >= args.mc_rollouts]
+    if not mc:
+        return "Step-level quality: no problem got its Monte-Carlo labels in the time given."
+    arith = ArithReward()
+    scores: dict[str, list[float]] = defaultdict(list)
+    good: list[int] = []
+    for m in mc:
+        steps = [m.solution_steps(j) for j in range(len(m.solutions))]
+        a = await arith.score(Problem("(scored offline)", id=m.problem_id), steps, Usage())
+        for j in range(len(m.solutions)):
+            rows = np.flatnonzero(m.solution == j)[:-1]  # the last prefix is the outcome
+            scores["arith (per step)"] += list(a[j][:-1])
+            for name, h in heads.items():
+                scores[f"value[{name}]"] += list(h.predict(m.features[rows])) if len(rows) else []
+            good += [int(x > 0) for x in m.labels[rows]]
+    head = (f"Step-level quality on {len(good)} non-final prefixes of {len(mc)} problems, "
+            f"labelled by {args.mc_rollouts} completions each (Math-Shepherd hard estimation: "
+            f"good if any ends correct; {np.mean(good):.0%} good; labelling took "
+            f"{time.perf_counter() - t:.0f} s in this run):")
+    table = ["| per-step score | AUC vs MC label |", "|---|---|"]
+    table += [f"| {k} | {auc(v, good):.3f} |" for k, v in scores.items()]
+    return head + "\n\n" + "\n".join(table)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True, help="shards and pf results (resume)")
@@ -236,6 +272,10 @@ async def main() -> None:
     ap.add_argument("--pf-budgets", default="8")
     ap.add_argument("--pf-minutes", type=float, default=0.0)
     ap.add_argument("--cost-problems", type=int, default=0)
+    ap.add_argument("--mc-problems", type=int, default=0,
+                    help="Monte-Carlo step labels on the first P sampled problems")
+    ap.add_argument("--mc-rollouts", type=int, default=4)
+    ap.add_argument("--mc-minutes", type=float, default=None)
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     pf_budgets = [int(b) for b in args.pf_budgets.split(",") if b]
@@ -294,6 +334,9 @@ async def main() -> None:
               f"{clock.seconds} s of sampling."]
     if args.cost_problems:
         lines += ["", await embedding_cost(ds.problems[: args.cost_problems], args)]
+
+    if args.mc_problems:
+        lines += ["", await step_quality(gen, ds.problems, sets, heads, args)]
 
     value_of: Callable[[dict], float] = rewards["value (last)" if len(heads) == 1
                                                 else f"value[{first}] (last)"]

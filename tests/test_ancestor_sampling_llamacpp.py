@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engines import engine_for
 from particlescale import solve
 from particlescale.backends.llamacpp.sampling import proposal_logprob
 from particlescale.protocols import SamplingParams
@@ -32,15 +33,7 @@ CONTINUATION = ["12 times 4 is 48.", "So the answer is 48."]
 
 @pytest.fixture(scope="module")
 def engine():
-    pytest.importorskip("llama_cpp")
-    from particlescale.backends.llamacpp import LlamaEngine
-    from particlescale.models import is_pulled
-
-    if not is_pulled(MODEL):
-        pytest.skip(f"run: particlescale models pull {MODEL}")
-    eng = LlamaEngine(MODEL, n_ctx=4096, n_seq_max=32)
-    yield eng
-    eng.close()
+    yield from engine_for(MODEL, n_ctx=4096, n_seq_max=32)
 
 
 @pytest.fixture(scope="module")

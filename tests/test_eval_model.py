@@ -15,20 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from engines import need
 from particlescale.eval.store import RESULTS, load_rows
 from test_eval_sweep import latest
 
 pytestmark = pytest.mark.model
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from particlescale.cli import main; main()"]
-
-
-def need(model: str) -> None:
-    pytest.importorskip("llama_cpp")
-    from particlescale.models import is_pulled
-
-    if not is_pulled(model):
-        pytest.skip(f"run: particlescale models pull {model}")
 
 
 def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path: Path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import particlescale
+from engines import engine_for
 from particlescale.backends.llamacpp.sampling import sample_row, sample_rows
 from particlescale.backends.llamacpp.steptext import StepText, utf8_complete_prefix
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
@@ -82,15 +83,7 @@ def test_sampling_greedy_topp_and_logprob():
 
 @pytest.fixture(scope="module")
 def engine():
-    pytest.importorskip("llama_cpp")
-    from particlescale.backends.llamacpp import LlamaEngine
-    from particlescale.models import is_pulled
-
-    if not is_pulled(MODEL):
-        pytest.skip(f"run: particlescale models pull {MODEL}")
-    eng = LlamaEngine(MODEL, n_ctx=8192, n_seq_max=32)
-    yield eng
-    eng.close()
+    yield from engine_for(MODEL, n_ctx=8192, n_seq_max=32)
 
 
 @pytest.fixture

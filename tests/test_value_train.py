@@ -78,6 +78,32 @@ def test_collect_writes_a_shard_per_problem_resumes_and_keeps_to_its_deadline(tm
                                               b.features[b.solution == j][-1])
 
 
+def test_collect_adds_monte_carlo_labels_to_the_shards_there(tmp_path):
+    from particlescale.backends.llamacpp import LlamaCppGenerator
+
+    params = SamplingParams(temperature=1.0, max_step_tokens=10)
+    with LlamaCppGenerator("smollm2-135m", embeddings=True, n_ctx=4096, n_seq_max=16) as gen:
+        plain = asyncio.run(collect(gen, PROBLEMS[:2], 2, tmp_path, params=params,
+                                    max_steps=3))
+        calls = gen.engine.stats.decode_calls
+        mc = asyncio.run(collect(gen, PROBLEMS[:2], 2, tmp_path, params=params, max_steps=3,
+                                 mc_rollouts=3))
+        assert gen.engine.stats.decode_calls > calls  # the rollouts were decoded
+        for a, b in zip(plain, mc, strict=True):
+            assert b.mc_rollouts == 3 and a.mc_rollouts == 0
+            np.testing.assert_array_equal(a.outcome, b.outcome)  # same solutions
+            assert set(np.round(3 * b.labels, 6)) <= {0.0, 1.0, 2.0, 3.0}  # k of 3 rollouts
+            for j in (0, 1):  # a solution's last prefix keeps its own outcome
+                last = np.flatnonzero(b.solution == j)[-1]
+                assert b.labels[last] == b.outcome[last]
+        calls = gen.engine.stats.decode_calls
+        again = asyncio.run(collect(gen, PROBLEMS[:2], 2, tmp_path, params=params,
+                                    max_steps=3, mc_rollouts=3))
+        assert gen.engine.stats.decode_calls == calls  # stored: nothing decoded again
+        for b, c in zip(mc, again, strict=True):
+            np.testing.assert_array_equal(b.labels, c.labels)
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
                            *args], cwd=cwd,

@@ -30,6 +30,10 @@ def train_prm(
     concurrency: int = typer.Option(4, help="Problems sampled concurrently (batched)."),
     work_dir: Path | None = typer.Option(None, help="Shards of sampled solutions (resume); "
                                          "default OUT.samples/"),
+    mc_rollouts: int = typer.Option(
+        0, help="Monte-Carlo step labels (Math-Shepherd): label each prefix by the fraction of "
+        "R completions from it that are correct, instead of its solution's outcome. Costs R "
+        "completions per step: many times the sampling."),
     time_budget: float | None = typer.Option(
         None, help="Minutes of sampling: no problem starts after that, and the head is fit on "
         "the problems sampled so far (this run's and earlier runs' shards). 0 = fit on the "
@@ -46,6 +50,8 @@ def train_prm(
     if problems < 2 or samples < 1:
         raise ConfigError("--problems must be >= 2 and --samples >= 1 (a head needs both "
                           "correct and wrong solutions of several problems)")
+    if mc_rollouts < 0:
+        raise ConfigError(f"--mc-rollouts: must be >= 0, got {mc_rollouts}")
     if time_budget is not None and time_budget < 0:
         raise ConfigError(f"--time-budget: must be >= 0 minutes, got {time_budget}")
     if not out.name.endswith(".npz"):
@@ -82,7 +88,8 @@ def train_prm(
             deadline = None if time_budget is None else time.monotonic() + 60 * time_budget
             sets = asyncio.run(collect(gen, ds.problems, samples, work, seed=seed, params=params,
                                        max_steps=max_steps, concurrency=concurrency,
-                                       on_done=done, deadline=deadline))
+                                       on_done=done, deadline=deadline,
+                                       mc_rollouts=mc_rollouts))
         clock.save()
         spent = clock.seconds  # this run's sampling plus the earlier runs' on these shards
         if len(sets) < len(ds.problems):
@@ -98,6 +105,9 @@ def train_prm(
                 "training": {"dataset": dataset, "problems": len(sets),
                              "problems_requested": len(ds.problems),
                              "samples": samples, "seed": seed, "max_steps": max_steps,
+                             "labels": (f"Monte-Carlo, {mc_rollouts} rollouts per prefix"
+                                        if mc_rollouts else "solution outcome"),
+                             "mc_labelled_problems": sum(s.mc_rollouts > 0 for s in sets),
                              "max_step_tokens": max_step_tokens, "temperature": temperature,
                              "sampling_seconds": spent,
                              "generated_tokens": stats["tokens"],

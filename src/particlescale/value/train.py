@@ -3,11 +3,13 @@
 Pipeline (OVM-style outcome supervision, Yu et al. 2023)::
 
     for each of K training problems (seeded sample of the dataset):
-        sample S solutions step by step with the batched engine, recording the hidden state
-        at the last token of every step (Step.features, same decode as generation)
+        sample S solutions with the batched engine, each going on at its own pace (no step
+        barrier), recording the hidden state at the last token of every step
+        (Step.features, same decode as generation)
         label every prefix of a solution with that solution's outcome (final answer correct)
         store them in OUT.samples/<problem>.npz        (resumable: done problems are skipped)
     fit a logistic (or MLP) head on the prefixes, validated on held-out *problems*
+    choose the regularisation by cross-validation split by problem, refit on all problems
     save the head with the model's sha256 and the training metadata
 
 Optional Monte-Carlo labels (Math-Shepherd, Wang et al. 2024) replace the outcome label of a
@@ -20,7 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +51,35 @@ class SampleSet:
     # other rewards can be scored on the same samples later without generating again.
     # Empty for shards written before this field existed.
     solutions: list[dict[str, Any]] = field(default_factory=list)
+    mc_rollouts: int = 0  # > 0: ``labels`` are Monte-Carlo labels from that many rollouts
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
         sols = np.frombuffer(json.dumps(self.solutions).encode(), dtype=np.uint8)
         np.savez_compressed(tmp, features=self.features.astype(np.float16), labels=self.labels,
                             outcome=self.outcome, solution=self.solution, step=self.step,
-                            tokens=np.array(self.tokens), solutions=sols)
+                            tokens=np.array(self.tokens), solutions=sols,
+                            mc_rollouts=np.array(self.mc_rollouts))
         tmp.replace(path)  # atomic: a killed run never leaves a torn shard
 
     @staticmethod
     def load(path: Path, problem_id: str) -> SampleSet:
         z = np.load(path, allow_pickle=False)
         sols = json.loads(bytes(z["solutions"]).decode()) if "solutions" in z.files else []
+        mc = int(z["mc_rollouts"]) if "mc_rollouts" in z.files else 0
         return SampleSet(problem_id, z["features"].astype(np.float64), z["labels"],
-                         z["outcome"], z["solution"], z["step"], int(z["tokens"]), sols)
+                         z["outcome"], z["solution"], z["step"], int(z["tokens"]), sols, mc)
+
+    def particles(self) -> list[Particle]:
+        """The sampled solutions again (steps with their hidden states)."""
+        return [Particle(id=j, steps=tuple(self.solution_steps(j)), finished=True)
+                for j in range(len(self.solutions))]
+
+    def with_mc_labels(self, labels: Sequence[Sequence[float]], rollouts: int) -> SampleSet:
+        flat = np.array([x for per in labels for x in per], dtype=np.float64)
+        if flat.shape != self.labels.shape:
+            raise ValueError(f"labels: {flat.shape[0]} for {self.labels.shape[0]} prefixes")
+        return replace(self, labels=flat, mc_rollouts=rollouts)
 
     def solution_steps(self, j: int) -> list[Step]:
         """Solution ``j`` as Steps, with the hidden states of its prefixes."""
@@ -82,6 +98,35 @@ def is_correct(gold: str, text: str) -> bool:
     return bool(g and g.correct)
 
 
+async def complete(
+    session: Any,
+    parents: Sequence[Particle],
+    k: int,
+    ids: IdSource,
+    max_steps: int,
+    *,
+    barrier: bool = False,
+) -> list[list[Particle]]:
+    """``k`` independent completions of each parent, to the end of the solution.
+
+    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, all
+    of them are sampled in one engine job that never holds the batch at a step end
+    (independent samples need no step barrier); otherwise with ``rollout``, which ends every
+    step of every particle before starting the next.
+    """
+    to_end = getattr(session, "extend_to_end", None)
+    if barrier or to_end is None:
+        first = await extend(session, parents, [k] * len(parents), ids, max_steps)
+        session.release([p for p in first if p.finished])
+        done = await rollout(session, first, ids, max_steps)
+        return [done[i * k:(i + 1) * k] for i in range(len(parents))]
+    runs = await to_end(list(parents), [k] * len(parents), lambda s, n: is_final(s, n, max_steps))
+    out = [[Particle(id=ids(), steps=(*parent.steps, *steps), parent=parent.id, finished=True)
+            for steps in kids] for parent, kids in zip(parents, runs, strict=True)]
+    session.release([p for kids in out for p in kids])
+    return out
+
+
 async def sample_problem(
     generator: Generator,
     problem: Problem,
@@ -93,33 +138,55 @@ async def sample_problem(
     *,
     barrier: bool = False,
 ) -> list[Particle]:
-    """S complete solutions of one problem, each step carrying its hidden state.
-
-    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, the
-    S solutions are sampled in one engine job that never holds the batch at a step end
-    (independent samples need no step barrier; ``rollout``, which ends every step of every
-    particle before starting the next, is used otherwise).
-    """
-    rng = np.random.default_rng(seed)
-    session = generator.session(problem, params, rng, usage)
+    """S complete solutions of one problem, each step carrying its hidden state."""
+    session = generator.session(problem, params, np.random.default_rng(seed), usage)
     ids = IdSource()
-    root = Particle(id=ids())
     try:
-        to_end = getattr(session, "extend_to_end", None)
-        if barrier or to_end is None:
-            first = await extend(session, [root], [samples], ids, max_steps)
-            session.release([p for p in first if p.finished])
-            return await rollout(session, first, ids, max_steps)
-        (runs,) = await to_end([root], [samples], lambda s, n: is_final(s, n, max_steps))
-        out = [Particle(id=ids(), steps=tuple(steps), parent=root.id, finished=True)
-               for steps in runs]
-        session.release(out)
+        (out,) = await complete(session, [Particle(id=ids())], samples, ids, max_steps,
+                                barrier=barrier)
         return out
     finally:
         await session.aclose()
 
 
+async def mc_labels(
+    generator: Generator,
+    problem: Problem,
+    solutions: Sequence[Particle],
+    rollouts: int,
+    params: SamplingParams,
+    seed: int,
+    max_steps: int,
+    usage: Usage,
+) -> list[list[float]]:
+    """Math-Shepherd's Monte-Carlo step labels (Wang et al., 2024): for every prefix of every
+    solution, the fraction of ``rollouts`` completions from it whose answer is correct. A
+    solution's last step is labelled with its own outcome (nothing is left to roll out).
+    Costs ``rollouts`` completions per non-final step: many times the sampling itself."""
+    gold = problem.answer or ""
+    labels = [[float(is_correct(gold, p.text))] * len(p.steps) for p in solutions]
+    prefixes, where = [], []
+    ids = IdSource()
+    for j, p in enumerate(solutions):
+        for i in range(len(p.steps) - 1):
+            # steps without their handles: those belong to the sampling session
+            prefixes.append(Particle(id=ids(), steps=tuple(replace(st, handle=None)
+                                                           for st in p.steps[: i + 1])))
+            where.append((j, i))
+    if not prefixes or rollouts < 1:
+        return labels
+    session = generator.session(problem, params, np.random.default_rng(seed), usage)
+    try:
+        runs = await complete(session, prefixes, rollouts, ids, max_steps)
+    finally:
+        await session.aclose()
+    for (j, i), kids in zip(where, runs, strict=True):
+        labels[j][i] = float(np.mean([is_correct(gold, c.text) for c in kids]))
+    return labels
+
+
 def label_solutions(problem: Problem, solutions: Sequence[Particle]) -> SampleSet:
+    """Every prefix labelled with its solution's outcome (``outcome`` and ``labels``)."""
     if problem.answer is None:
         raise ConfigError(f"dataset: problem {problem.id!r} has no gold answer; train-prm needs "
                           "a dataset with gold answers (map the answer field)")
@@ -164,6 +231,7 @@ async def collect(
     concurrency: int = 4,
     on_done: Callable[[SampleSet, bool], None] | None = None,
     deadline: float | None = None,
+    mc_rollouts: int = 0,
 ) -> list[SampleSet]:
     """Sample and label every problem, writing one shard per problem as soon as it is done;
     problems whose shard exists are loaded, not re-sampled (resume).
@@ -171,6 +239,10 @@ async def collect(
     ``deadline`` (a ``time.monotonic()`` value): no problem *starts* sampling after it (those
     already sampling finish, so no work is thrown away); the problems not sampled are left
     out of the result, and a later call with the same arguments samples them (resume).
+
+    ``mc_rollouts`` > 0: label prefixes with Monte-Carlo labels (``mc_labels``) instead of
+    the outcome, also for shards already there that have none yet (if they keep their
+    solutions); those are rewritten with them.
     """
     out.mkdir(parents=True, exist_ok=True)
     params = params or SamplingParams()
@@ -179,23 +251,34 @@ async def collect(
 
     async def one(k: int, problem: Problem) -> None:
         path = _shard(out, problem.id)
-        if path.exists():
-            results[problem.id] = SampleSet.load(path, problem.id)
+        # Each problem's seed depends on its index only: resumed or time-boxed runs draw
+        # the same solutions for the same problem.
+        pseed = seed * 100_003 + k
+        s: SampleSet | None = SampleSet.load(path, problem.id) if path.exists() else None
+        if s is not None and (s.mc_rollouts >= mc_rollouts or not s.solutions):
+            results[problem.id] = s
             if on_done:
-                on_done(results[problem.id], True)
+                on_done(s, True)
             return
         async with sem:
             if deadline is not None and time.monotonic() >= deadline:
+                if s is not None:  # keeps its outcome labels; a later call adds MC labels
+                    results[problem.id] = s
                 return
-            # Each problem's seed depends on its index only: resumed or time-boxed runs draw
-            # the same solutions for the same problem.
-            sols = await sample_problem(generator, problem, samples, params, seed * 100_003 + k,
-                                        max_steps, Usage())
-        s = label_solutions(problem, sols)
-        s.save(path)
+            fresh = s is None
+            if s is None:
+                sols = await sample_problem(generator, problem, samples, params, pseed,
+                                            max_steps, Usage())
+                s = label_solutions(problem, sols)
+                s.save(path)
+            if mc_rollouts > s.mc_rollouts:
+                mc = await mc_labels(generator, problem, s.particles(), mc_rollouts, params,
+                                     pseed + 1, max_steps, Usage())
+                s = s.with_mc_labels(mc, mc_rollouts)
+                s.save(path)
         results[problem.id] = s
         if on_done:
-            on_done(s, False)
+            on_done(s, not fresh)
 
     await asyncio.gather(*(one(k, p) for k, p in enumerate(problems)))
     return [results[p.id] for p in problems if p.id in results]

@@ -316,7 +316,16 @@ async def main() -> None:
              f"sampling). Head `{first}`: {h0.kind}, trained on {tr.get('problems', '?')} GSM8K "
              f"train problems × {tr.get('samples', '?')} solutions; cross-validated AUC "
              f"{val.get('val_auc', float('nan')):.3f} pooled / "
-             f"{val.get('val_auc_within', float('nan')):.3f} within problem.", "",
+             f"{val.get('val_auc_within', float('nan')):.3f} within problem"
+             + (f"; its final head {val['final_val_auc']:.3f} / "
+                f"{val['final_val_auc_within']:.3f} on finished solutions"
+                if "final_val_auc" in val else "")
+             + f". Training data: {tr.get('generated_tokens', '?')} tokens sampled in "
+             f"{tr.get('sampling_seconds', '?')} s of CPU (`particlescale train-prm --model "
+             f"{MODEL} --dataset {tr.get('dataset', '?')} --problems "
+             f"{tr.get('problems_requested', '?')} --samples {tr.get('samples', '?')} "
+             f"--time-budget M`, re-run until {tr.get('problems', '?')} problems were "
+             "sampled).", "",
              f"One sample: {sc:.1%}; majority@{args.samples}: {cell(maj, n)}; "
              f"oracle pass@{args.samples}: {cell(oracle, n)}.", ""]
     rewards: dict[str, Callable[[dict], float]] = {}

@@ -94,3 +94,41 @@ def test_value_reward_scores_steps_and_requires_features() -> None:
         asyncio.run(reward.score(Problem("q"), [[Step("plain")]], usage))
     with pytest.raises(ConfigError, match="NaN"):
         head.predict(np.full(x.shape[1], np.nan))
+
+
+def test_final_head_learns_what_ends_a_solution_and_round_trips(tmp_path) -> None:
+    # Intermediate prefixes carry their signal in coordinate 0, finished solutions in 5.
+    rng = np.random.default_rng(7)
+    n, per, dim = 60, 12, 16
+    x = rng.normal(size=(n * per, dim))
+    final = np.tile(np.arange(per) % 3 == 2, n)  # every third row ends a solution
+    logit = np.where(final, 2.0 * x[:, 5], 2.0 * x[:, 0])
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-logit))).astype(float)
+    groups = np.repeat([f"p{i}" for i in range(n)], per)
+    head, m = fit_head(x, y, groups, final=final, metadata={"model_sha256": "ab" * 32})
+    assert head.final is not None and m["final_val_auc"] > 0.7
+    probe = np.zeros((2, dim))
+    probe[1, 5] = 2.0
+    assert np.diff(head.predict_final(probe))[0] > 0.2  # the final head reads coordinate 5
+    head.save(tmp_path / "h.npz")
+    again = ValueHead.load(tmp_path / "h.npz", model_sha256="ab" * 32)
+    assert again.final is not None
+    assert np.allclose(again.predict_final(x[:9]), head.predict_final(x[:9]), atol=1e-5)
+    assert np.allclose(again.predict(x[:9]), head.predict(x[:9]), atol=1e-5)
+
+    # a step that ends the solution is scored by the final head, the others by the prefix head
+    steps = [Step("a", features=x[0]), Step("b \\boxed{3}", features=x[1])]
+    scores = asyncio.run(ValueReward(again).score(Problem("q"), [steps], Usage()))[0]
+    assert np.isclose(scores[0], again.predict(x[:1])[0])
+    assert np.isclose(scores[1], again.predict_final(x[1:2])[0])
+    assert not np.isclose(again.predict(x[1:2])[0], scores[1])
+
+
+def test_too_few_finished_solutions_leave_the_head_without_a_final_head() -> None:
+    x, y, groups, _ = data()
+    final = np.zeros(len(y), dtype=bool)
+    final[:20] = True
+    head, m = fit_head(x, y, groups, final=final)
+    assert "final_val_auc" not in m
+    assert head.final is None and "need at least 50" in head.metadata["final_skipped"]
+    assert np.allclose(head.predict_final(x[:3]), head.predict(x[:3]))

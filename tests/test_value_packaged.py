@@ -25,6 +25,8 @@ def test_the_packaged_head_is_the_default_models_and_says_how_it_was_made() -> N
     # cross-validated on problems it was not fitted on, and better than chance
     assert val["folds"] == 5 and val["val_auc"] > 0.55 and val["val_auc_within"] > 0.55
     assert val["val_logloss"] < val["base_logloss"]
+    # and a final head for finished solutions, also cross-validated
+    assert head.final is not None and val["final_val_auc_within"] > 0.55
     with pytest.raises(Exception, match="not on the loaded model"):
         ValueHead.load(packaged_head(MODEL), model_sha256="0" * 64)
 

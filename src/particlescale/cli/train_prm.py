@@ -66,7 +66,7 @@ def train_prm(
     gen = LlamaCppGenerator(model, embeddings=True, n_seq_max=max(16, concurrency * samples))
     params = SamplingParams(temperature=temperature, max_step_tokens=max_step_tokens)
     start = time.perf_counter()
-    stats = {"tokens": 0, "correct": 0, "solutions": 0}
+    stats = {"tokens": 0, "new_tokens": 0, "correct": 0, "solutions": 0}
     clock = SamplingClock(work)
     try:
         with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
@@ -77,11 +77,13 @@ def train_prm(
             def done(s, cached: bool) -> None:
                 if not cached:
                     clock.shard_done()
+                    stats["new_tokens"] += s.tokens
                 stats["tokens"] += s.tokens
                 sols = len(set(s.solution.tolist()))
                 stats["solutions"] += sols
                 stats["correct"] += int(sum(s.outcome[s.step == 1])) if sols else 0
-                rate = stats["tokens"] / max(1e-9, time.perf_counter() - start)
+                # the rate of this run's sampling only (loaded shards cost nothing now)
+                rate = stats["new_tokens"] / max(1e-9, time.perf_counter() - start)
                 acc = stats["correct"] / max(1, stats["solutions"])
                 bar.update(task, advance=1, info=f"solved {acc:.0%} · {rate:.0f} tok/s")
 
@@ -120,3 +122,7 @@ def train_prm(
                   f"{metrics['val_auc_within']:.3f} within problem "
                   f"({metrics['val_examples']} prefixes of {metrics['problems']} problems, "
                   f"{metrics['folds']} folds split by problem)")
+    if "final_val_auc" in metrics:
+        console.print(f"final head (last steps only): {metrics['final_val_auc']:.3f} pooled, "
+                      f"{metrics['final_val_auc_within']:.3f} within problem on "
+                      f"{metrics['final_val_examples']} solutions")

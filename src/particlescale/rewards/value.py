@@ -2,8 +2,10 @@
 
 Each step's reward is a value head's P(the solution ends correct | prefix) evaluated on the
 final-layer hidden state at the step's last token, which the embedded llama.cpp engine
-records in ``Step.features`` from the decode that generated the step (no second pass). The
-cost is one small matrix product per step. See :mod:`particlescale.value.head`.
+records in ``Step.features`` from the decode that generated the step (no second pass). A
+step that ends the solution is scored by the head's final head when it has one
+(``ValueHead.predict_final``). The cost is one small matrix product per step. See
+:mod:`particlescale.value.head`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from particlescale.answers import has_boxed
 from particlescale.errors import ConfigError, ModelError
 from particlescale.types import Problem, Step, Usage
 from particlescale.value.head import ValueHead
@@ -33,6 +36,12 @@ def packaged_head(model_name: str) -> Path:
     if not path.is_file():
         raise ModelError(f"value reward: packaged head {path.name} is missing from this install")
     return path
+
+
+def ends_solution(step: Step) -> bool:
+    """A step that ends a solution by itself (end of generation or a boxed answer); a step
+    cap set by the algorithm is not visible here, and such a step is scored as a prefix."""
+    return step.finish == "eos" or has_boxed(step.text)
 
 
 class ValueReward:
@@ -59,6 +68,9 @@ class ValueReward:
                     "embeddings=True); `solve --reward value` does this)"
                 )
             x = np.stack([np.asarray(s.features, dtype=np.float64) for s in traj])
-            out.append([float(v) for v in self.head.predict(x)])
+            v = self.head.predict(x)
+            if ends_solution(traj[-1]):  # a finished solution: the final head judges it
+                v[-1] = self.head.predict_final(x[-1:])[0]
+            out.append([float(a) for a in v])
         usage.prm_calls += 1
         return out

@@ -30,7 +30,14 @@ MIN_PER_CLASS = 10
 
 @dataclass
 class ValueHead:
-    """Standardise, then a logistic layer (``kind='logistic'``) or a ReLU MLP (``'mlp'``)."""
+    """Standardise, then a logistic layer (``kind='logistic'``) or a ReLU MLP (``'mlp'``).
+
+    ``final``, when present, is a second head fitted on the last step of each training
+    solution only: it scores a *finished* solution (see ``predict_final``). The hidden state
+    at a solution's end reads its answer, and a head trained on those alone ranks finished
+    solutions much better than the head trained on every prefix, whose data are mostly
+    intermediate steps (BENCHMARKS.md, ``value``).
+    """
 
     kind: str
     mean: np.ndarray
@@ -38,6 +45,7 @@ class ValueHead:
     weights: list[np.ndarray]
     biases: list[np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
+    final: ValueHead | None = None
 
     @property
     def dim(self) -> int:
@@ -60,13 +68,27 @@ class ValueHead:
         z = h[:, 0]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
-    def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {"mean": self.mean, "scale": self.scale}
+    def predict_final(self, features: np.ndarray) -> np.ndarray:
+        """P(correct) of finished solutions from their last step's state (the final head if
+        there is one, else the prefix head)."""
+        return (self.final or self).predict(features)
+
+    def _arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {f"{prefix}mean": self.mean,
+                                         f"{prefix}scale": self.scale}
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            arrays[f"w{i}"] = w.astype(np.float32)
-            arrays[f"b{i}"] = b.astype(np.float32)
+            arrays[f"{prefix}w{i}"] = w.astype(np.float32)
+            arrays[f"{prefix}b{i}"] = b.astype(np.float32)
+        return arrays
+
+    def save(self, path: str | Path) -> None:
+        arrays = self._arrays("")
         meta = {**self.metadata, "format": FORMAT_VERSION, "kind": self.kind,
                 "layers": len(self.weights)}
+        if self.final is not None:
+            arrays.update(self.final._arrays("final_"))
+            meta["final"] = {**self.final.metadata, "kind": self.final.kind,
+                             "layers": len(self.final.weights)}
         arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -81,12 +103,20 @@ class ValueHead:
         try:
             z = np.load(p, allow_pickle=False)
             meta = json.loads(bytes(z["metadata"]).decode())
-            n = int(meta["layers"])
-            head = ValueHead(kind=meta["kind"], mean=z["mean"].astype(np.float64),
-                             scale=z["scale"].astype(np.float64),
-                             weights=[z[f"w{i}"].astype(np.float64) for i in range(n)],
-                             biases=[z[f"b{i}"].astype(np.float64) for i in range(n)],
-                             metadata=meta)
+
+            def part(prefix: str, m: dict[str, Any]) -> ValueHead:
+                n = int(m["layers"])
+                return ValueHead(kind=m["kind"], mean=z[f"{prefix}mean"].astype(np.float64),
+                                 scale=z[f"{prefix}scale"].astype(np.float64),
+                                 weights=[z[f"{prefix}w{i}"].astype(np.float64)
+                                          for i in range(n)],
+                                 biases=[z[f"{prefix}b{i}"].astype(np.float64)
+                                         for i in range(n)],
+                                 metadata=m)
+
+            head = part("", meta)
+            if meta.get("final"):
+                head.final = part("final_", meta["final"])
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"value head: {p} is not a valid head file ({e})") from None
         if model_sha256 is not None and meta.get("model_sha256") not in (None, model_sha256):
@@ -183,6 +213,7 @@ def fit_head(
     seed: int = 0,
     folds: int = 5,
     metadata: dict[str, Any] | None = None,
+    final: np.ndarray | None = None,
 ) -> tuple[ValueHead, dict[str, float]]:
     """Choose the regularisation by cross-validation split by problem, then refit on all.
 
@@ -193,6 +224,11 @@ def fit_head(
     is a proper score, so the head stays calibrated (pf uses its output as a probability);
     choosing by AUC alone favours near-constant heads whose ranking survives but whose
     probabilities all sit at the base rate, which would flatten pf's weights.
+
+    ``final`` (a boolean mask of the rows that are a solution's last step): also fit the
+    final head (``ValueHead.final``) the same way on those rows alone; its metrics get a
+    ``final_`` prefix. Too few of them for a head is not an error: the head then has none
+    (``final_skipped`` says why).
     """
     if kind not in GRID:
         raise ConfigError(f"kind: unknown head {kind!r}; choose logistic or mlp")
@@ -236,6 +272,16 @@ def fit_head(
         "C" if kind == "logistic" else "alpha": float(c),
     }
     head.metadata["validation"] = metrics
+    if final is not None:
+        mask = np.asarray(final, dtype=bool)
+        try:
+            fin, fm = fit_head(x[mask], y[mask], groups[mask], kind=kind, seed=seed,
+                               folds=folds, metadata={"fitted_on": "last step of each solution"})
+        except ConfigError as e:
+            head.metadata["final_skipped"] = str(e)
+        else:
+            head.final = fin
+            metrics.update({f"final_{k}": v for k, v in fm.items()})
     return head, metrics
 
 

@@ -70,6 +70,11 @@ class SampleSet:
         return SampleSet(problem_id, z["features"].astype(np.float64), z["labels"],
                          z["outcome"], z["solution"], z["step"], int(z["tokens"]), sols, mc)
 
+    def last_steps(self) -> np.ndarray:
+        """Mask of the prefixes that are a whole solution (its last step)."""
+        nxt = np.append(self.solution[1:], -1)
+        return nxt != self.solution
+
     def particles(self) -> list[Particle]:
         """The sampled solutions again (steps with their hidden states)."""
         return [Particle(id=j, steps=tuple(self.solution_steps(j)), finished=True)
@@ -297,7 +302,9 @@ def fit_from_sets(
     x = np.concatenate([s.features for s in sets])
     y = np.concatenate([s.labels for s in sets])
     groups = np.concatenate([[s.problem_id] * len(s.labels) for s in sets])
-    return fit_head(x, y, groups, kind=kind, seed=seed, metadata=metadata)
+    # the final head learns from each solution's last step, labelled with its outcome
+    last = np.concatenate([s.last_steps() for s in sets])
+    return fit_head(x, y, groups, kind=kind, seed=seed, metadata=metadata, final=last)
 
 
 def write_head(head: ValueHead, path: Path, info: dict[str, Any]) -> None:
@@ -321,6 +328,7 @@ class SamplingClock:
         if len(list(work.glob("*.npz"))) > rec["shards"]:
             rec["seconds"] = None
         self.base, self.shards = rec["seconds"], rec["shards"]
+        self.new = 0
         self.start = time.perf_counter()
         self.save()
 
@@ -328,10 +336,13 @@ class SamplingClock:
     def seconds(self) -> float | None:
         if self.base is None:
             return None
+        if self.new == 0:  # a run that only fits (or samples nothing) costs no sampling time
+            return round(self.base, 1)
         return round(self.base + time.perf_counter() - self.start, 1)
 
     def shard_done(self) -> None:
         self.shards += 1
+        self.new += 1
         self.save()
 
     def save(self) -> None:

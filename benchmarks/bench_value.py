@@ -337,10 +337,15 @@ async def main() -> None:
     rewards["log-prob"] = lambda r: r["logprob"]
     rewards["arith × log-prob"] = lambda r: r["arith"] * r["logprob"]
     rewards["value (last) × arith"] = lambda r: r[f"{first}:last"] * r["arith"]
+    if len(heads) > 1:
+        lines += ["Heads: " + "; ".join(
+            f"`{n}` {h.kind}, {'with' if h.final is not None else 'without'} a final head"
+            for n, h in heads.items()) + ".", ""]
     lines += reward_table(rows, golds, args.samples, rewards)
     lines += ["", f"Scoring cost: the head scored {steps} step prefixes in {head_seconds:.3f} s "
               f"({1e6 * head_seconds / max(1, steps):.0f} µs per step) against "
-              f"{clock.seconds} s of sampling."]
+              f"{clock.seconds} s of sampling. Recording the hidden states in the generating "
+              "decode costs no measurable decode time (BENCHMARKS.md, `engine`)."]
     if args.cost_problems:
         lines += ["", await embedding_cost(ds.problems[: args.cost_problems], args)]
 
@@ -354,7 +359,7 @@ async def main() -> None:
               "score:", ""]
     lines += budget_table(rows, golds, budgets, value_of, "value", {})
     if pf_budgets:
-        args.pf_head_key = f"{first}:{h0.metadata.get('created')}"
+        args.pf_head_key = f"created {h0.metadata.get('created')}"  # the fit, not the name
         problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
         deadline = time.monotonic() + 60 * args.pf_minutes
         done = await run_pf(gen, problems, pf_budgets, ValueReward(h0), args.work / "pf.jsonl",

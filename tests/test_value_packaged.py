@@ -36,10 +36,11 @@ def test_pf_with_the_packaged_value_reward_on_the_engine() -> None:
     need(MODEL)
     from particlescale import solve
     from particlescale.backends.llamacpp import LlamaCppGenerator
+    from particlescale.rewards.registry import make_reward
 
     with LlamaCppGenerator(MODEL, embeddings=True, n_seq_max=8) as gen:
-        res = solve("What is 6 times 7?", generator=gen, reward="value", method="pf",
-                    budget=2, seed=0, max_steps=2, max_step_tokens=24)
+        res = solve("What is 6 times 7?", generator=gen, reward=make_reward("value", gen),
+                    method="pf", budget=2, seed=0, max_steps=2, max_step_tokens=24)
     rewards = [r for c in res.candidates for r in c.rewards]
     assert rewards and all(0.0 < r < 1.0 for r in rewards)
     assert len({round(r, 6) for r in rewards}) > 1  # it tells prefixes apart

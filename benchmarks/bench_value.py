@@ -43,33 +43,20 @@ from particlescale import asolve
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
+from particlescale.eval.report import wilson
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import ValueReward, packaged_head
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead
+from particlescale.value.head import auc as roc_auc
 from particlescale.value.train import SampleSet, SamplingClock, collect, is_correct
 
 MODEL = "qwen2.5-0.5b"
 
 
 def auc(scores: list[float], labels: list[int]) -> float:
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    z, p = 1.96, k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
+    return roc_auc(np.asarray(labels), np.asarray(scores))
 
 
 def cell(k: int, n: int) -> str:

@@ -155,7 +155,8 @@ def _folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC of scores ``p`` for binary labels ``y``; NaN when only one class is present."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
@@ -169,7 +170,7 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
 def within_problem_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
     """Mean AUC over problems that have both outcomes (how well the score ranks the
     candidates *of one problem*, which is what weighting particles needs), and how many."""
-    aucs = [_auc(y[groups == g], p[groups == g]) for g in np.unique(groups)]
+    aucs = [auc(y[groups == g], p[groups == g]) for g in np.unique(groups)]
     aucs = [a for a in aucs if not np.isnan(a)]
     return (float(np.mean(aucs)) if aucs else float("nan")), len(aucs)
 
@@ -260,7 +261,7 @@ def fit_head(
     ok = ~np.isnan(oof)
     within, n_within = within_problem_auc(y[ok], oof[ok], groups[ok])
     metrics = {
-        "val_auc": _auc(y[ok], oof[ok]),
+        "val_auc": auc(y[ok], oof[ok]),
         "val_auc_within": within,
         "val_problems_within": n_within,
         "val_logloss": _logloss(y[ok], oof[ok]),

@@ -257,6 +257,8 @@ async def main() -> None:
     ap.add_argument("--sample-minutes", type=float, default=None)
     ap.add_argument("--budgets", default="1,2,4,8")
     ap.add_argument("--pf-budgets", default="8")
+    ap.add_argument("--aggregation", default="last", choices=("last", "min", "mean"),
+                    help="the value reward's aggregation over steps, for pf and the baselines")
     ap.add_argument("--pf-minutes", type=float, default=0.0)
     ap.add_argument("--cost-problems", type=int, default=0)
     ap.add_argument("--mc-problems", type=int, default=0,
@@ -324,6 +326,8 @@ async def main() -> None:
     rewards["log-prob"] = lambda r: r["logprob"]
     rewards["arith × log-prob"] = lambda r: r["arith"] * r["logprob"]
     rewards["value (last) × arith"] = lambda r: r[f"{first}:last"] * r["arith"]
+    rewards["value (min) × arith × log-prob"] = (
+        lambda r: r[f"{first}:min"] * r["arith"] * r["logprob"])
     if len(heads) > 1:
         lines += ["Heads: " + "; ".join(
             f"`{n}` {h.kind}, {'with' if h.final is not None else 'without'} a final head"
@@ -339,23 +343,27 @@ async def main() -> None:
     if args.mc_problems:
         lines += ["", await step_quality(gen, ds.problems, sets, heads, args)]
 
-    value_of: Callable[[dict], float] = rewards["value (last)" if len(heads) == 1
-                                                else f"value[{first}] (last)"]
+    agg = args.aggregation
+    value_of: Callable[[dict], float] = rewards[f"value ({agg})" if len(heads) == 1
+                                                else f"value[{first}] ({agg})"]
+    label = f"value, {agg}"
     lines += ["", "Accuracy vs budget (95% Wilson intervals), all problems sampled; baselines "
-              f"use the first N of the {args.samples} samples and the value head's last-step "
-              "score:", ""]
-    lines += budget_table(rows, golds, budgets, value_of, "value", {})
+              f"use the first N of the {args.samples} samples and the value head's score "
+              f"({agg} over steps):", ""]
+    lines += budget_table(rows, golds, budgets, value_of, label, {})
     if pf_budgets:
-        args.pf_head_key = f"created {h0.metadata.get('created')}"  # the fit, not the name
+        # pf results are keyed by the head's fit (not its file name) and the aggregation
+        args.pf_head_key = f"created {h0.metadata.get('created')}" + (
+            "" if agg == "last" else f" aggregation {agg}")
         problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
         deadline = time.monotonic() + 60 * args.pf_minutes
-        done = await run_pf(gen, problems, pf_budgets, ValueReward(h0), args.work / "pf.jsonl",
-                            deadline, args)
+        done = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
+                            args.work / "pf.jsonl", deadline, args)
         ran = set.intersection(*(set(done.get(b, {})) for b in pf_budgets))
         if ran:
             lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
                       f"problems where pf ran at N = {', '.join(map(str, pf_budgets))}:", ""]
-            lines += budget_table(rows, golds, budgets, value_of, "value", done, only=ran)
+            lines += budget_table(rows, golds, budgets, value_of, label, done, only=ran)
     gen.close()
     lines += ["", f"This run: {time.perf_counter() - t0:.0f} s."]
     body = "\n".join(lines)

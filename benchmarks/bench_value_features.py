@@ -39,11 +39,12 @@ from report import write_section
 from particlescale.backends.llamacpp.engine import LlamaEngine, _llama
 from particlescale.eval.datasets import load_dataset
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
+from particlescale.protocols import SamplingParams
 from particlescale.value.head import auc, fit_head, within_problem_auc
 from particlescale.value.train import SampleSet
 
 MODEL = "qwen2.5-0.5b"
-DELIM = "\n\n"
+DELIM = SamplingParams().delimiter  # the step text layout the engine generated
 VARIANTS = {"engine": ("engine",), "last": ("last",), "step mean": ("mstep",),
             "running mean": ("mall",), "last + running mean": ("last", "mall")}
 
@@ -88,9 +89,8 @@ class TokenStates:
         return self.decode(tokens, pos0, 1)
 
 
-def featurize(engine: LlamaEngine, states: TokenStates, shard: Path, question: str,
+def featurize(engine: LlamaEngine, states: TokenStates, s: SampleSet, question: str,
               dst: Path) -> None:
-    s = SampleSet.load(shard, shard.stem)
     prompt = engine.chat_tokens([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                                  {"role": "user", "content": question}])
     hp = states.prompt(prompt)  # the row that generates the first solution token
@@ -116,8 +116,9 @@ def load(shards: Path, cache: Path, dataset: str, cached_only: bool = False
          ) -> dict[str, dict[str, np.ndarray]]:
     """Featurize the shards that have stored solutions (cached), then load them."""
     files = [p for p in sorted(shards.glob("*.npz")) if ".tmp" not in p.name]
+    sets = {p.name: SampleSet.load(p, p.stem) for p in files}
     todo = [] if cached_only else [p for p in files if not (cache / p.name).exists()
-                                   and SampleSet.load(p, p.stem).solutions]
+                                   and sets[p.name].solutions]
     if todo:
         from rich.progress import track
 
@@ -129,7 +130,7 @@ def load(shards: Path, cache: Path, dataset: str, cached_only: bool = False
         spent = json.loads(clock.read_text()) if clock.exists() else {"seconds": 0, "problems": 0}
         for p in track(todo, description=f"teacher forcing {shards.name}"):
             t = time.perf_counter()
-            featurize(engine, states, p, questions[p.stem], cache / p.name)
+            featurize(engine, states, sets[p.name], questions[p.stem], cache / p.name)
             spent["seconds"] += round(time.perf_counter() - t, 1)
             spent["problems"] += 1
             clock.write_text(json.dumps(spent))
@@ -137,7 +138,7 @@ def load(shards: Path, cache: Path, dataset: str, cached_only: bool = False
     out = {}
     for p in files:
         if (cache / p.name).exists():
-            s = SampleSet.load(p, p.stem)
+            s = sets[p.name]
             z = np.load(cache / p.name)
             out[p.stem] = {"y": s.outcome.astype(int), "end": s.last_steps(),
                            "engine": s.features,

@@ -257,7 +257,7 @@ async def main() -> None:
     ap.add_argument("--sample-minutes", type=float, default=None)
     ap.add_argument("--budgets", default="1,2,4,8")
     ap.add_argument("--pf-budgets", default="8")
-    ap.add_argument("--aggregation", default="last", choices=("last", "min", "mean"),
+    ap.add_argument("--aggregation", default="min", choices=("last", "min", "mean"),
                     help="the value reward's aggregation over steps, for pf and the baselines")
     ap.add_argument("--pf-minutes", type=float, default=0.0)
     ap.add_argument("--cost-problems", type=int, default=0)

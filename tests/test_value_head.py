@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from particlescale.errors import ConfigError, ModelError
+from particlescale.rewards.combine import Combined
 from particlescale.rewards.value import ValueReward
 from particlescale.types import Problem, Step, Usage
 from particlescale.value.head import ValueHead, fit_head
@@ -94,6 +95,20 @@ def test_value_reward_scores_steps_and_requires_features() -> None:
         asyncio.run(reward.score(Problem("q"), [[Step("plain")]], usage))
     with pytest.raises(ConfigError, match="NaN"):
         head.predict(np.full(x.shape[1], np.nan))
+
+
+def test_value_reward_aggregates_by_min_alone_and_in_a_product() -> None:
+    # min is the measured default: a prefix is as good as its weakest step
+    x, y, groups, _ = data()
+    head, _ = fit_head(x, y, groups)
+    reward = ValueReward(head)
+    assert reward.default_aggregation == "min"
+    steps = [Step(f"s{i}", features=x[i]) for i in range(6)]
+    per_step = head.predict(x[:6])
+    combined = Combined([(1.0, reward)])
+    scores = asyncio.run(combined.score(Problem("q"), [steps], Usage()))[0]
+    assert np.allclose(scores, np.minimum.accumulate(per_step), atol=1e-9)
+    assert not np.allclose(scores, per_step)  # the data has a step below an earlier one
 
 
 def test_final_head_learns_what_ends_a_solution_and_round_trips(tmp_path) -> None:

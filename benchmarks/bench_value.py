@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from particlescale import asolve
+from particlescale.algorithms.selection import select_answer
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
@@ -53,6 +54,7 @@ from particlescale.value.head import auc as roc_auc
 from particlescale.value.train import SampleSet, SamplingClock, collect, is_correct
 
 MODEL = "qwen2.5-0.5b"
+SELECTORS = ("argmax", "weighted-vote", "vote")  # how pf's final population is read
 
 
 def auc(scores: list[float], labels: list[int]) -> float:
@@ -129,7 +131,10 @@ def reward_table(rows: list[dict], golds: dict[str, str], samples: int,
 
 def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
                  reward: Callable[[dict], float], label: str,
-                 pf: dict[int, dict[str, int]], only: set[str] | None = None) -> list[str]:
+                 pf: dict[str, dict[int, dict[str, int]]],
+                 only: set[str] | None = None) -> list[str]:
+    """Accuracy per budget: the baselines from the stored samples, and pf's runs as
+    ``pf[selector][budget][problem] = correct`` (one row per selector)."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if only is None or r["problem"] in only:
@@ -149,36 +154,45 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
                                                            pick(ans, w, "weighted") or "")
         for name, k in counts.items():
             table[name].append(cell(k, n))
-        done = pf.get(b, {})
-        table[f"pf ({label})"].append(
-            cell(sum(done[p] for p in by_problem), n) if all(p in done for p in by_problem)
-            else "not run")
+        for sel in SELECTORS:
+            done = pf.get(sel, {}).get(b, {})
+            table[f"pf ({label}; {sel})"].append(
+                cell(sum(done[p] for p in by_problem), n) if all(p in done for p in by_problem)
+                else "not run")
     return out + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]
 
 
 async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[int],
-                 reward: ValueReward, log: Path, deadline: float, args) -> dict[int, dict]:
-    """pf with the value reward, one JSON line per finished (budget, problem): resumable."""
-    done: dict[int, dict[str, int]] = defaultdict(dict)
+                 reward: ValueReward, log: Path, deadline: float,
+                 args) -> dict[str, dict[int, dict[str, int]]]:
+    """pf with the value reward, one JSON line per finished (budget, problem): resumable.
+    One run answers for every selector (they differ only in how the final weighted
+    population is read), so each line records all three; lines written before that
+    carry ``argmax`` (pf's default) only."""
+    done: dict[str, dict[int, dict[str, int]]] = {sel: defaultdict(dict) for sel in SELECTORS}
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
             if r.get("head") == args.pf_head_key:
-                done[r["budget"]][r["problem"]] = r["correct"]
+                for sel, ok in r.get("selected", {"argmax": r["correct"]}).items():
+                    done[sel][r["budget"]][r["problem"]] = ok
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(k: int, q: Problem, b: int) -> None:
         async with sem:
-            if q.id in done[b] or time.monotonic() >= deadline:
+            if q.id in done["argmax"][b] or time.monotonic() >= deadline:
                 return
             t = time.perf_counter()
             res = await asolve(q, generator=gen, reward=reward, method="pf", budget=b, seed=k,
                                max_steps=args.max_steps, max_step_tokens=args.max_step_tokens)
-            ok = int(is_correct(q.answer or "", res.answer or ""))
-            done[b][q.id] = ok
+            answers = {sel: select_answer(res.candidates, sel) for sel in SELECTORS}
+            selected = {sel: int(is_correct(q.answer or "", a or "")) for sel, a in answers.items()}
+            for sel, ok in selected.items():
+                done[sel][b][q.id] = ok
             with log.open("a") as f:
                 f.write(json.dumps({"head": args.pf_head_key, "budget": b, "problem": q.id,
-                                    "correct": ok, "answer": res.answer,
+                                    "correct": selected["argmax"], "answer": res.answer,
+                                    "selected": selected, "answers": answers,
                                     "seconds": round(time.perf_counter() - t, 1)}) + "\n")
 
     for b in budgets:
@@ -359,7 +373,7 @@ async def main() -> None:
         deadline = time.monotonic() + 60 * args.pf_minutes
         done = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
                             args.work / "pf.jsonl", deadline, args)
-        ran = set.intersection(*(set(done.get(b, {})) for b in pf_budgets))
+        ran = set.intersection(*(set(done["argmax"].get(b, {})) for b in pf_budgets))
         if ran:
             lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
                       f"problems where pf ran at N = {', '.join(map(str, pf_budgets))}:", ""]

@@ -154,7 +154,7 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
                                                            pick(ans, w, "weighted") or "")
         for name, k in counts.items():
             table[name].append(cell(k, n))
-        for sel in SELECTORS:
+        for sel in SELECTORS if pf else ():  # no pf rows in the table of baselines
             done = pf.get(sel, {}).get(b, {})
             table[f"pf ({label}; {sel})"].append(
                 cell(sum(done[p] for p in by_problem), n) if all(p in done for p in by_problem)
@@ -189,15 +189,42 @@ async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[
             selected = {sel: int(is_correct(q.answer or "", a or "")) for sel, a in answers.items()}
             for sel, ok in selected.items():
                 done[sel][b][q.id] = ok
+            # how much of the population survived resampling: distinct final particles and
+            # distinct answers among them (independent samples keep all b)
+            kinds = {normalize_answer(c.answer) for c in res.candidates if c.answer is not None}
             with log.open("a") as f:
                 f.write(json.dumps({"head": args.pf_head_key, "budget": b, "problem": q.id,
                                     "correct": selected["argmax"], "answer": res.answer,
                                     "selected": selected, "answers": answers,
+                                    "particles": len(res.candidates),
+                                    "population_answers": len(kinds),
                                     "seconds": round(time.perf_counter() - t, 1)}) + "\n")
 
     for b in budgets:
         await asyncio.gather(*(one(k, q, b) for k, q in enumerate(problems)))
     return done
+
+
+def diversity_line(log: Path, key: str, rows: list[dict], budgets: list[int]) -> str | None:
+    """Distinct answers in pf's final population against b independent samples of the same
+    problems: how much diversity resampling on the reward leaves to vote over."""
+    pop: dict[int, dict[str, int]] = defaultdict(dict)
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("head") == key and "population_answers" in r:
+            pop[r["budget"]][r["problem"]] = r["population_answers"]
+    answers: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        answers[r["problem"]].append(normalize_answer(r["answer"]) if r["answer"] else None)
+    parts = []
+    for b in budgets:
+        got = {p: n for p, n in pop.get(b, {}).items() if len(answers[p]) >= b}
+        if got:
+            indep = [len({a for a in answers[p][:b] if a is not None}) for p in got]
+            parts.append(f"N={b} on {len(got)} problems: {np.mean(list(got.values())):.2f} "
+                         f"distinct answers in pf's final population against "
+                         f"{np.mean(indep):.2f} among {b} independent samples")
+    return ("Diversity left to vote over: " + "; ".join(parts) + ".") if parts else None
 
 
 async def embedding_cost(problems: list[Problem], args) -> str:
@@ -274,6 +301,8 @@ async def main() -> None:
     ap.add_argument("--aggregation", default="min", choices=("last", "min", "mean"),
                     help="the value reward's aggregation over steps, for pf and the baselines")
     ap.add_argument("--pf-minutes", type=float, default=0.0)
+    ap.add_argument("--pf-tag", default="",
+                    help="keep these pf runs apart from earlier ones with the same head")
     ap.add_argument("--cost-problems", type=int, default=0)
     ap.add_argument("--mc-problems", type=int, default=0,
                     help="Monte-Carlo step labels on the first P sampled problems")
@@ -368,7 +397,8 @@ async def main() -> None:
     if pf_budgets:
         # pf results are keyed by the head's fit (not its file name) and the aggregation
         args.pf_head_key = f"created {h0.metadata.get('created')}" + (
-            "" if agg == "last" else f" aggregation {agg}")
+            "" if agg == "last" else f" aggregation {agg}") + (
+            f" tag {args.pf_tag}" if args.pf_tag else "")
         problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
         deadline = time.monotonic() + 60 * args.pf_minutes
         done = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
@@ -378,6 +408,9 @@ async def main() -> None:
             lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
                       f"problems where pf ran at N = {', '.join(map(str, pf_budgets))}:", ""]
             lines += budget_table(rows, golds, budgets, value_of, label, done, only=ran)
+        line = diversity_line(args.work / "pf.jsonl", args.pf_head_key, rows, pf_budgets)
+        if line:
+            lines += ["", line]
     gen.close()
     lines += ["", f"This run: {time.perf_counter() - t0:.0f} s."]
     body = "\n".join(lines)

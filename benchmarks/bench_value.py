@@ -403,11 +403,17 @@ async def main() -> None:
         deadline = time.monotonic() + 60 * args.pf_minutes
         done = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
                             args.work / "pf.jsonl", deadline, args)
-        ran = set.intersection(*(set(done["argmax"].get(b, {})) for b in pf_budgets))
-        if ran:
+        # one table per set of problems pf has run on (budgets finished on the same set share
+        # a table), so a budget still running does not hide the ones that are complete
+        by_set: dict[frozenset[str], list[int]] = defaultdict(list)
+        for b in pf_budgets:
+            if done["argmax"].get(b):
+                by_set[frozenset(done["argmax"][b])].append(b)
+        for ran, bs in sorted(by_set.items(), key=lambda kv: -len(kv[0])):
+            shown = {sel: {b: done[sel][b] for b in bs} for sel in SELECTORS}
             lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
-                      f"problems where pf ran at N = {', '.join(map(str, pf_budgets))}:", ""]
-            lines += budget_table(rows, golds, budgets, value_of, label, done, only=ran)
+                      f"problems where pf ran at N = {', '.join(map(str, bs))}:", ""]
+            lines += budget_table(rows, golds, budgets, value_of, label, shown, only=set(ran))
         line = diversity_line(args.work / "pf.jsonl", args.pf_head_key, rows, pf_budgets)
         if line:
             lines += ["", line]

@@ -164,18 +164,22 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
 
 async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[int],
                  reward: ValueReward, log: Path, deadline: float,
-                 args) -> dict[str, dict[int, dict[str, int]]]:
+                 args) -> tuple[dict[str, dict[int, dict[str, int]]], dict[int, dict[str, int]]]:
     """pf with the value reward, one JSON line per finished (budget, problem): resumable.
     One run answers for every selector (they differ only in how the final weighted
     population is read), so each line records all three; lines written before that
-    carry ``argmax`` (pf's default) only."""
+    carry ``argmax`` (pf's default) only. Returns ``done[selector][budget][problem]`` and
+    ``population[budget][problem]``: distinct answers in the final population."""
     done: dict[str, dict[int, dict[str, int]]] = {sel: defaultdict(dict) for sel in SELECTORS}
+    population: dict[int, dict[str, int]] = defaultdict(dict)
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
             if r.get("head") == args.pf_head_key:
                 for sel, ok in r.get("selected", {"argmax": r["correct"]}).items():
                     done[sel][r["budget"]][r["problem"]] = ok
+                if "population_answers" in r:
+                    population[r["budget"]][r["problem"]] = r["population_answers"]
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(k: int, q: Problem, b: int) -> None:
@@ -192,6 +196,7 @@ async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[
             # how much of the population survived resampling: distinct final particles and
             # distinct answers among them (independent samples keep all b)
             kinds = {normalize_answer(c.answer) for c in res.candidates if c.answer is not None}
+            population[b][q.id] = len(kinds)
             with log.open("a") as f:
                 f.write(json.dumps({"head": args.pf_head_key, "budget": b, "problem": q.id,
                                     "correct": selected["argmax"], "answer": res.answer,
@@ -202,17 +207,13 @@ async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[
 
     for b in budgets:
         await asyncio.gather(*(one(k, q, b) for k, q in enumerate(problems)))
-    return done
+    return done, population
 
 
-def diversity_line(log: Path, key: str, rows: list[dict], budgets: list[int]) -> str | None:
-    """Distinct answers in pf's final population against b independent samples of the same
-    problems: how much diversity resampling on the reward leaves to vote over."""
-    pop: dict[int, dict[str, int]] = defaultdict(dict)
-    for line in log.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("head") == key and "population_answers" in r:
-            pop[r["budget"]][r["problem"]] = r["population_answers"]
+def diversity_line(pop: dict[int, dict[str, int]], rows: list[dict],
+                   budgets: list[int]) -> str | None:
+    """Distinct answers in pf's final population (``pop[budget][problem]``) against b
+    independent samples of the same problems: the diversity resampling leaves to vote over."""
     answers: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         answers[r["problem"]].append(normalize_answer(r["answer"]) if r["answer"] else None)
@@ -401,7 +402,7 @@ async def main() -> None:
             f" tag {args.pf_tag}" if args.pf_tag else "")
         problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
         deadline = time.monotonic() + 60 * args.pf_minutes
-        done = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
+        done, population = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
                             args.work / "pf.jsonl", deadline, args)
         # one table per set of problems pf has run on (budgets finished on the same set share
         # a table), so a budget still running does not hide the ones that are complete
@@ -414,7 +415,7 @@ async def main() -> None:
             lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
                       f"problems where pf ran at N = {', '.join(map(str, bs))}:", ""]
             lines += budget_table(rows, golds, budgets, value_of, label, shown, only=set(ran))
-        line = diversity_line(args.work / "pf.jsonl", args.pf_head_key, rows, pf_budgets)
+        line = diversity_line(population, rows, pf_budgets)
         if line:
             lines += ["", line]
     gen.close()

@@ -13,13 +13,17 @@ scored on it later:
    search-and-learn does), with 95% Wilson intervals.
 3. **pf with the value reward** at ``--pf-budgets`` on the same problems (fresh samples),
    one line per finished problem in ``--work/pf.jsonl`` (resume), bounded by
-   ``--pf-minutes``. Its accuracy is compared with the baselines *on the problems pf ran*.
+   ``--pf-minutes`` (and ``--pf-problems``). Its accuracy is compared with the baselines *on
+   the problems pf ran*. ``--pf-option KEY=VALUE`` and ``--pf-reward SPEC`` run a variant of
+   pf (kept apart in ``pf.jsonl``); every variant run with the head is shown, side by side
+   where they ran on the same problems.
 
 Cost of the value reward: scoring time of the head vs sampling time, and the decode time of
 the engine with hidden states on vs off (``--cost-problems``).
 
 Usage: python benchmarks/bench_value.py --work DIR [--problems 100] [--samples 8]
        [--head PATH ...] [--sample-minutes M] [--pf-budgets 8] [--pf-minutes M]
+       [--pf-problems K] [--pf-option KEY=VALUE ...] [--pf-reward SPEC]
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,14 +46,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from particlescale import asolve
+from particlescale.algorithms import make_config
 from particlescale.algorithms.selection import select_answer
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
+from particlescale.errors import ConfigError
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.report import wilson
-from particlescale.protocols import SamplingParams
+from particlescale.protocols import RewardModel, SamplingParams
 from particlescale.rewards.arith import ArithReward
+from particlescale.rewards.registry import make_reward
 from particlescale.rewards.value import ValueReward, packaged_head
+from particlescale.smc import normalize, resampling
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead
 from particlescale.value.head import auc as roc_auc
@@ -131,10 +141,11 @@ def reward_table(rows: list[dict], golds: dict[str, str], samples: int,
 
 def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
                  reward: Callable[[dict], float], label: str,
-                 pf: dict[str, dict[int, dict[str, int]]],
+                 pf: dict[str, Runs] | None = None,
                  only: set[str] | None = None) -> list[str]:
-    """Accuracy per budget: the baselines from the stored samples, and pf's runs as
-    ``pf[selector][budget][problem] = correct`` (one row per selector)."""
+    """Accuracy per budget: the baselines from the stored samples, and each pf variant's runs
+    as ``pf[variant][selector][budget][problem] = correct`` (one row per variant and
+    selector)."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if only is None or r["problem"] in only:
@@ -144,61 +155,104 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
            "|---|" + "---|" * len(budgets)]
     table: dict[str, list[str]] = defaultdict(list)
     for b in budgets:
-        counts: dict[str, int] = defaultdict(int)
+        counts = defaultdict(int)
         for p, rs in by_problem.items():
-            sub = rs[:b]
-            ans, w = [r["answer"] for r in sub], [reward(r) for r in sub]
-            counts["majority vote"] += is_correct(golds[p], pick(ans, [1.0] * b, "vote") or "")
+            ans = [r["answer"] for r in rs[:b]]
+            w = [reward(r) for r in rs[:b]]
+            vote = pick(ans, [1.0] * len(ans), "vote")
+            counts["majority vote"] += is_correct(golds[p], vote or "")
             counts[f"best-of-N ({label})"] += is_correct(golds[p], pick(ans, w, "argmax") or "")
             counts[f"weighted BoN ({label})"] += is_correct(golds[p],
                                                            pick(ans, w, "weighted") or "")
         for name, k in counts.items():
             table[name].append(cell(k, n))
-        for sel in SELECTORS if pf else ():  # no pf rows in the table of baselines
-            done = pf.get(sel, {}).get(b, {})
-            table[f"pf ({label}; {sel})"].append(
-                cell(sum(done[p] for p in by_problem), n) if all(p in done for p in by_problem)
-                else "not run")
+        for variant, runs in (pf or {}).items():
+            for sel in SELECTORS:
+                done = runs.done[sel].get(b, {})
+                table[f"{variant_name(variant)} ({label}; {sel})"].append(
+                    cell(sum(done[p] for p in by_problem), n)
+                    if all(p in done for p in by_problem) else "not run")
     return out + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]
 
 
+def variant_name(variant: str) -> str:
+    """``pf`` for the paper's settings, ``pf[resampling=systematic]`` for a variant."""
+    return f"pf[{variant}]" if variant else "pf"
+
+
+def parse_pf_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as pf options (VALUE read as JSON when it parses: numbers,
+    booleans), checked against pf's configuration before anything runs."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--pf-option: expected KEY=VALUE (e.g. resampling=systematic), "
+                             f"got {item!r}")
+        try:
+            opts[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            opts[key] = raw
+    try:
+        make_config("pf", opts)
+    except ConfigError as e:
+        raise SystemExit(f"--pf-option: {e}") from None
+    return opts
+
+
+@dataclass
+class Runs:
+    """One pf variant's finished runs: ``done[selector][budget][problem]`` (correct or not)
+    and ``population[budget][problem]`` (distinct answers in the final population)."""
+
+    done: dict[str, dict[int, dict[str, int]]] = field(
+        default_factory=lambda: {sel: defaultdict(dict) for sel in SELECTORS})
+    population: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def read_pf(log: Path, base: str) -> dict[str, Runs]:
+    """Every pf variant run with this head and aggregation (``base``), keyed by what its key
+    adds to ``base`` ('' for pf's defaults, 'resampling=systematic', 'tag diversity', ...).
+    Lines written before every selector was recorded carry ``argmax`` (pf's default) only."""
+    runs: dict[str, Runs] = defaultdict(Runs)
+    if not log.exists():
+        return runs
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        key = r.get("head", "")
+        if key != base and not key.startswith(base + " "):
+            continue
+        v = runs[key[len(base):].strip()]
+        for sel, ok in r.get("selected", {"argmax": r["correct"]}).items():
+            v.done[sel][r["budget"]][r["problem"]] = ok
+        if "population_answers" in r:
+            v.population[r["budget"]][r["problem"]] = r["population_answers"]
+    return runs
+
+
 async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[int],
-                 reward: ValueReward, log: Path, deadline: float,
-                 args) -> tuple[dict[str, dict[int, dict[str, int]]], dict[int, dict[str, int]]]:
-    """pf with the value reward, one JSON line per finished (budget, problem): resumable.
-    One run answers for every selector (they differ only in how the final weighted
-    population is read), so each line records all three; lines written before that
-    carry ``argmax`` (pf's default) only. Returns ``done[selector][budget][problem]`` and
-    ``population[budget][problem]``: distinct answers in the final population."""
-    done: dict[str, dict[int, dict[str, int]]] = {sel: defaultdict(dict) for sel in SELECTORS}
-    population: dict[int, dict[str, int]] = defaultdict(dict)
-    if log.exists():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("head") == args.pf_head_key:
-                for sel, ok in r.get("selected", {"argmax": r["correct"]}).items():
-                    done[sel][r["budget"]][r["problem"]] = ok
-                if "population_answers" in r:
-                    population[r["budget"]][r["problem"]] = r["population_answers"]
+                 reward: RewardModel, log: Path, key: str, deadline: float, args) -> None:
+    """pf with the value reward, one JSON line per finished (budget, problem) under ``key``
+    (resumable). One run answers for every selector (they differ only in how the final
+    weighted population is read), so each line records all three."""
+    ran = read_pf(log, key).get("", Runs()).done["argmax"]
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(k: int, q: Problem, b: int) -> None:
         async with sem:
-            if q.id in done["argmax"][b] or time.monotonic() >= deadline:
+            if q.id in ran.get(b, {}) or time.monotonic() >= deadline:
                 return
             t = time.perf_counter()
             res = await asolve(q, generator=gen, reward=reward, method="pf", budget=b, seed=k,
-                               max_steps=args.max_steps, max_step_tokens=args.max_step_tokens)
+                               max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
+                               **args.pf_options)
             answers = {sel: select_answer(res.candidates, sel) for sel in SELECTORS}
             selected = {sel: int(is_correct(q.answer or "", a or "")) for sel, a in answers.items()}
-            for sel, ok in selected.items():
-                done[sel][b][q.id] = ok
             # how much of the population survived resampling: distinct final particles and
             # distinct answers among them (independent samples keep all b)
             kinds = {normalize_answer(c.answer) for c in res.candidates if c.answer is not None}
-            population[b][q.id] = len(kinds)
             with log.open("a") as f:
-                f.write(json.dumps({"head": args.pf_head_key, "budget": b, "problem": q.id,
+                f.write(json.dumps({"head": key, "budget": b, "problem": q.id,
                                     "correct": selected["argmax"], "answer": res.answer,
                                     "selected": selected, "answers": answers,
                                     "particles": len(res.candidates),
@@ -207,25 +261,54 @@ async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[
 
     for b in budgets:
         await asyncio.gather(*(one(k, q, b) for k, q in enumerate(problems)))
-    return done, population
 
 
-def diversity_line(pop: dict[int, dict[str, int]], rows: list[dict],
-                   budgets: list[int]) -> str | None:
-    """Distinct answers in pf's final population (``pop[budget][problem]``) against b
-    independent samples of the same problems: the diversity resampling leaves to vote over."""
+def diversity_line(runs: dict[str, Runs], rows: list[dict]) -> str | None:
+    """Distinct answers in each pf variant's final population against b independent samples
+    of the same problems: the diversity resampling leaves to vote over."""
     answers: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         answers[r["problem"]].append(normalize_answer(r["answer"]) if r["answer"] else None)
     parts = []
-    for b in budgets:
-        got = {p: n for p, n in pop.get(b, {}).items() if len(answers[p]) >= b}
-        if got:
-            indep = [len({a for a in answers[p][:b] if a is not None}) for p in got]
-            parts.append(f"N={b} on {len(got)} problems: {np.mean(list(got.values())):.2f} "
-                         f"distinct answers in pf's final population against "
-                         f"{np.mean(indep):.2f} among {b} independent samples")
+    for variant, v in runs.items():
+        for b, pop in sorted(v.population.items()):
+            got = {p: n for p, n in pop.items() if len(answers[p]) >= b}
+            if got:
+                indep = [len({a for a in answers[p][:b] if a is not None}) for p in got]
+                parts.append(f"{variant_name(variant)} at N={b} on {len(got)} problems: "
+                             f"{np.mean(list(got.values())):.2f} distinct answers in the final "
+                             f"population against {np.mean(indep):.2f} among {b} independent "
+                             "samples")
     return ("Diversity left to vote over: " + "; ".join(parts) + ".") if parts else None
+
+
+def lineage_line(sets: list[SampleSet], head: ValueHead, agg: str, n: int, seed: int) -> str:
+    """Lineages that survive one resampling step, per scheme, when the weights are pf's
+    (softmax of the logit of the value, ``agg`` over steps so far) on ``n`` stored solutions
+    of a problem at steps 1-3: how much diversity a resampling scheme spends by its own noise
+    rather than by the reward."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for s in sets:
+        if len(s.solutions) < n:
+            continue
+        v = head.predict(s.features.astype(np.float32))
+        for t in (1, 2, 3):
+            per = [v[(s.solution == j) & (s.step <= t)] for j in range(n)]
+            if all(len(x) for x in per):
+                r = np.clip([x.min() if agg == "min" else x[-1] if agg == "last" else x.mean()
+                             for x in per], 1e-6, 1 - 1e-6)
+                lw = np.log(r / (1 - r))
+                weights.append(normalize(lw))
+    out = []
+    for name in ("multinomial", "stratified", "residual", "systematic"):
+        resample = resampling.get(name)
+        kept = [len(set(resample(w, rng, n).tolist())) for w in weights for _ in range(20)]
+        out.append(f"{name} {np.mean(kept):.2f}")
+    ess_n = np.mean([1 / np.sum(w ** 2) / n for w in weights])
+    return (f"Lineages of {n} kept by one resampling step under pf's weights (value, {agg}; "
+            f"{len(weights)} populations of {n} stored solutions at steps 1-3, mean ESS/N "
+            f"{ess_n:.2f}; 20 draws each): " + ", ".join(out) + ".")
 
 
 async def embedding_cost(problems: list[Problem], args) -> str:
@@ -302,8 +385,16 @@ async def main() -> None:
     ap.add_argument("--aggregation", default="min", choices=("last", "min", "mean"),
                     help="the value reward's aggregation over steps, for pf and the baselines")
     ap.add_argument("--pf-minutes", type=float, default=0.0)
+    ap.add_argument("--pf-reward", default=None, metavar="SPEC",
+                    help="pf's reward as a spec (e.g. 'value:HEAD*arith*logprob'); default the "
+                         "first head's value reward alone")
+    ap.add_argument("--pf-problems", type=int, default=None,
+                    help="run pf on the first K sampled problems only (default: all)")
     ap.add_argument("--pf-tag", default="",
                     help="keep these pf runs apart from earlier ones with the same head")
+    ap.add_argument("--pf-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pf option (repeatable), e.g. resampling=systematic; results are "
+                         "kept apart by their options")
     ap.add_argument("--cost-problems", type=int, default=0)
     ap.add_argument("--mc-problems", type=int, default=0,
                     help="Monte-Carlo step labels on the first P sampled problems")
@@ -312,6 +403,7 @@ async def main() -> None:
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     pf_budgets = [int(b) for b in args.pf_budgets.split(",") if b]
+    args.pf_options = parse_pf_options(args.pf_option)
     head_paths = [Path(h) for h in args.head] or [packaged_head(MODEL)]
     heads = {p.stem: ValueHead.load(p) for p in head_paths}
     ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.seed))
@@ -395,29 +487,47 @@ async def main() -> None:
               f"use the first N of the {args.samples} samples and the value head's score "
               f"({agg} over steps):", ""]
     lines += budget_table(rows, golds, budgets, value_of, label, {})
+    lines += ["", lineage_line(sets, h0, agg, args.samples, args.seed)]
+    # pf results are keyed by the head's fit (not its file name), the aggregation, and the
+    # variant (tag, options); every variant run with this head is shown
+    base = f"created {h0.metadata.get('created')}" + (
+        "" if agg == "last" else f" aggregation {agg}")
+    log = args.work / "pf.jsonl"
     if pf_budgets:
-        # pf results are keyed by the head's fit (not its file name) and the aggregation
-        args.pf_head_key = f"created {h0.metadata.get('created')}" + (
-            "" if agg == "last" else f" aggregation {agg}") + (
-            f" tag {args.pf_tag}" if args.pf_tag else "")
+        key = base + (f" tag {args.pf_tag}" if args.pf_tag else "") + "".join(
+            f" {k}={v}" for k, v in sorted(args.pf_options.items())) + (
+            f" reward={args.pf_reward}" if args.pf_reward else "")
+        try:
+            reward = (make_reward(args.pf_reward, gen) if args.pf_reward
+                      else ValueReward(h0, aggregation=agg))
+        except ConfigError as e:
+            raise SystemExit(f"--pf-reward: {e}") from None
         problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
+        problems = problems[: args.pf_problems]
         deadline = time.monotonic() + 60 * args.pf_minutes
-        done, population = await run_pf(gen, problems, pf_budgets, ValueReward(h0, aggregation=agg),
-                            args.work / "pf.jsonl", deadline, args)
-        # one table per set of problems pf has run on (budgets finished on the same set share
-        # a table), so a budget still running does not hide the ones that are complete
-        by_set: dict[frozenset[str], list[int]] = defaultdict(list)
-        for b in pf_budgets:
-            if done["argmax"].get(b):
-                by_set[frozenset(done["argmax"][b])].append(b)
-        for ran, bs in sorted(by_set.items(), key=lambda kv: -len(kv[0])):
-            shown = {sel: {b: done[sel][b] for b in bs} for sel in SELECTORS}
-            lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
-                      f"problems where pf ran at N = {', '.join(map(str, bs))}:", ""]
-            lines += budget_table(rows, golds, budgets, value_of, label, shown, only=set(ran))
-        line = diversity_line(population, rows, pf_budgets)
-        if line:
-            lines += ["", line]
+        await run_pf(gen, problems, pf_budgets, reward, log, key, deadline, args)
+    runs = read_pf(log, base)
+    # one table per set of problems pf has run on (variants and budgets finished on the same
+    # set share a table), so a run still going does not hide the ones that are complete;
+    # tagged re-runs (``--pf-tag``) only feed the diversity line
+    by_set: dict[frozenset[str], dict[str, Runs]] = defaultdict(dict)
+    for variant, v in runs.items():
+        if variant.startswith("tag "):
+            continue
+        for b, done in v.done["argmax"].items():
+            part = by_set[frozenset(done)].setdefault(variant, Runs())
+            for sel in SELECTORS:
+                if b in v.done[sel]:
+                    part.done[sel][b] = v.done[sel][b]
+    for ran, shown in sorted(by_set.items(), key=lambda kv: -len(kv[0])):
+        bs = sorted({b for v in shown.values() for b in v.done["argmax"]})
+        lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
+                  f"problems where pf ran ({', '.join(sorted(map(variant_name, shown)))} at "
+                  f"N = {', '.join(map(str, bs))}):", ""]
+        lines += budget_table(rows, golds, budgets, value_of, label, shown, only=set(ran))
+    line = diversity_line(runs, rows)
+    if line:
+        lines += ["", line]
     gen.close()
     lines += ["", f"This run: {time.perf_counter() - t0:.0f} s."]
     body = "\n".join(lines)

@@ -507,23 +507,21 @@ async def main() -> None:
         deadline = time.monotonic() + 60 * args.pf_minutes
         await run_pf(gen, problems, pf_budgets, reward, log, key, deadline, args)
     runs = read_pf(log, base)
-    # one table per set of problems pf has run on (variants and budgets finished on the same
-    # set share a table), so a run still going does not hide the ones that are complete;
+    # one table per set of problems some pf variant has run on; each table shows every variant
+    # that covers the set (restricted to it), so variants run on a subset are compared with
+    # pf's defaults on the same problems and a run still going hides nothing complete;
     # tagged re-runs (``--pf-tag``) only feed the diversity line
-    by_set: dict[frozenset[str], dict[str, Runs]] = defaultdict(dict)
-    for variant, v in runs.items():
-        if variant.startswith("tag "):
-            continue
-        for b, done in v.done["argmax"].items():
-            part = by_set[frozenset(done)].setdefault(variant, Runs())
-            for sel in SELECTORS:
-                if b in v.done[sel]:
-                    part.done[sel][b] = v.done[sel][b]
-    for ran, shown in sorted(by_set.items(), key=lambda kv: -len(kv[0])):
-        bs = sorted({b for v in shown.values() for b in v.done["argmax"]})
+    compared = {v: r for v, r in runs.items() if not v.startswith("tag ")}
+    sets_run = {frozenset(done) for r in compared.values() for done in r.done["argmax"].values()}
+    for ran in sorted(sets_run, key=len, reverse=True):
+        shown = {v: r for v, r in compared.items()
+                 if any(ran <= set(done) for done in r.done["argmax"].values())}
+        cover = ", ".join(
+            f"{variant_name(v)} at N = " + ", ".join(
+                str(b) for b, done in sorted(r.done["argmax"].items()) if ran <= set(done))
+            for v, r in sorted(shown.items()))
         lines += ["", f"pf with the value reward against the same baselines, on the {len(ran)} "
-                  f"problems where pf ran ({', '.join(sorted(map(variant_name, shown)))} at "
-                  f"N = {', '.join(map(str, bs))}):", ""]
+                  f"problems where pf ran ({cover}):", ""]
         lines += budget_table(rows, golds, budgets, value_of, label, shown, only=set(ran))
     line = diversity_line(runs, rows)
     if line:

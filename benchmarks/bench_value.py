@@ -169,7 +169,9 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
         for variant, runs in (pf or {}).items():
             for sel in SELECTORS:
                 done = runs.done[sel].get(b, {})
-                table[f"{variant_name(variant)} ({label}; {sel})"].append(
+                # a variant with its own reward is not scored by ``label``
+                scored = sel if "reward=" in variant else f"{label}; {sel}"
+                table[f"{variant_name(variant)} ({scored})"].append(
                     cell(sum(done[p] for p in by_problem), n)
                     if all(p in done for p in by_problem) else "not run")
     return out + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]

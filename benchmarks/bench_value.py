@@ -47,6 +47,7 @@ from report import write_section
 
 from particlescale import asolve
 from particlescale.algorithms import make_config
+from particlescale.algorithms.common import potential
 from particlescale.algorithms.selection import select_answer
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
@@ -55,9 +56,10 @@ from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.report import wilson
 from particlescale.protocols import RewardModel, SamplingParams
 from particlescale.rewards.arith import ArithReward
+from particlescale.rewards.combine import aggregate_prefix
 from particlescale.rewards.registry import make_reward
 from particlescale.rewards.value import ValueReward, packaged_head
-from particlescale.smc import normalize, resampling
+from particlescale.smc import ess, normalize, resampling
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead
 from particlescale.value.head import auc as roc_auc
@@ -290,7 +292,7 @@ def lineage_line(sets: list[SampleSet], head: ValueHead, agg: str, n: int, seed:
     of a problem at steps 1-3: how much diversity a resampling scheme spends by its own noise
     rather than by the reward."""
     rng = np.random.default_rng(seed)
-    weights = []
+    log_weights = []
     for s in sets:
         if len(s.solutions) < n:
             continue
@@ -298,18 +300,17 @@ def lineage_line(sets: list[SampleSet], head: ValueHead, agg: str, n: int, seed:
         for t in (1, 2, 3):
             per = [v[(s.solution == j) & (s.step <= t)] for j in range(n)]
             if all(len(x) for x in per):
-                r = np.clip([x.min() if agg == "min" else x[-1] if agg == "last" else x.mean()
-                             for x in per], 1e-6, 1 - 1e-6)
-                lw = np.log(r / (1 - r))
-                weights.append(normalize(lw))
+                # pf's paper weights: the logit of the prefix's aggregated value
+                log_weights.append(potential([aggregate_prefix(x, agg) for x in per], "logit"))
     out = []
     for name in ("multinomial", "stratified", "residual", "systematic"):
         resample = resampling.get(name)
-        kept = [len(set(resample(w, rng, n).tolist())) for w in weights for _ in range(20)]
+        kept = [len(set(resample(normalize(lw), rng, n).tolist()))
+                for lw in log_weights for _ in range(20)]
         out.append(f"{name} {np.mean(kept):.2f}")
-    ess_n = np.mean([1 / np.sum(w ** 2) / n for w in weights])
+    ess_n = np.mean([ess(lw) / n for lw in log_weights])
     return (f"Lineages of {n} kept by one resampling step under pf's weights (value, {agg}; "
-            f"{len(weights)} populations of {n} stored solutions at steps 1-3, mean ESS/N "
+            f"{len(log_weights)} populations of {n} stored solutions at steps 1-3, mean ESS/N "
             f"{ess_n:.2f}; 20 draws each): " + ", ".join(out) + ".")
 
 

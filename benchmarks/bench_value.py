@@ -347,6 +347,7 @@ async def step_quality(gen: LlamaCppGenerator, problems: list[Problem], sets: li
                        params=SamplingParams(max_step_tokens=args.max_step_tokens),
                        max_steps=args.max_steps, concurrency=args.concurrency,
                        deadline=deadline, mc_rollouts=args.mc_rollouts)
+    spent = time.perf_counter() - t
     mc = [m for m in mc if m.mc_rollouts >= args.mc_rollouts]
     if not mc:
         return "Step-level quality: no problem got its Monte-Carlo labels in the time given."
@@ -364,8 +365,9 @@ async def step_quality(gen: LlamaCppGenerator, problems: list[Problem], sets: li
             good += [int(x > 0) for x in m.labels[rows]]
     head = (f"Step-level quality on {len(good)} non-final prefixes of {len(mc)} problems, "
             f"labelled by {args.mc_rollouts} completions each (Math-Shepherd hard estimation: "
-            f"good if any ends correct; {np.mean(good):.0%} good; labelling took "
-            f"{time.perf_counter() - t:.0f} s in this run):")
+            f"good if any ends correct; {np.mean(good):.0%} good; " + (
+                f"labelling took {spent:.0f} s in this run):" if spent >= 1 else
+                "labels from earlier runs; their labelling time is not kept in the shards):"))
     table = ["| per-step score | AUC vs MC label |", "|---|---|"]
     table += [f"| {k} | {auc(v, good):.3f} |" for k, v in scores.items()]
     return head + "\n\n" + "\n".join(table)

@@ -26,6 +26,7 @@ Usage: python benchmarks/bench_value_data.py --train DIR --test DIR
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 import warnings
@@ -35,10 +36,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_value import pick
 from report import write_section
 
 from particlescale.answers import normalize_answer
-from particlescale.rewards.value import ends_solution
+from particlescale.rewards.combine import aggregate_prefix
+from particlescale.rewards.value import ValueReward
+from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead, within_problem_auc
 from particlescale.value.train import SampleSet, fit_from_sets
 
@@ -50,44 +54,31 @@ def load(shards: Path) -> list[SampleSet]:
     return [s for s in (SampleSet.load(p, p.stem) for p in files) if len(s.labels)]
 
 
-def solution_scores(s: SampleSet, head: ValueHead) -> dict[str, np.ndarray]:
-    """Per solution: min, mean and last of its step scores as the ``value`` reward gives
-    them (the prefix head on each step, the final head on a step that ends the solution)."""
-    per = []
-    for j in np.unique(s.solution):
-        steps = s.solution_steps(int(j))
-        v = head.predict(np.stack([st.features for st in steps]))
-        if ends_solution(steps[-1]):
-            v[-1] = head.predict_final(steps[-1].features[None])[0]
-        per.append(v)
-    return {"min": np.array([v.min() for v in per]), "mean": np.array([v.mean() for v in per]),
-            "last": np.array([v[-1] for v in per])}
-
-
-def outcomes(s: SampleSet) -> np.ndarray:
-    return np.array([s.outcome[s.solution == j][0] for j in np.unique(s.solution)])
+def solution_scores(s: SampleSet, reward: ValueReward) -> dict[str, np.ndarray]:
+    """Per solution: min, mean and last of its step scores from the ``value`` reward."""
+    steps = [s.solution_steps(j) for j in range(len(s.solutions))]
+    per = asyncio.run(reward.score(Problem("(scored offline)", id=s.problem_id), steps, Usage()))
+    return {agg: np.array([aggregate_prefix(v, agg) for v in per])
+            for agg in ("min", "mean", "last")}
 
 
 def weighted_majority(s: SampleSet, weights: np.ndarray) -> bool:
     """Is the answer with the largest summed weight correct?"""
-    tot: dict[str, float] = defaultdict(float)
-    right: dict[str, bool] = {}
-    for rec, w in zip(s.solutions, weights, strict=True):
-        if rec["answer"] is not None:
-            a = normalize_answer(rec["answer"]) or ""
-            tot[a] += float(w)
-            right[a] = bool(rec["correct"])
-    return bool(tot) and right[max(tot, key=tot.__getitem__)]
+    right = {normalize_answer(r["answer"]) or "": bool(r["correct"])
+             for r in s.solutions if r["answer"] is not None}
+    chosen = pick([r["answer"] for r in s.solutions], list(weights), "weighted")
+    return chosen is not None and right[chosen]
 
 
 def score_test(test: list[SampleSet], head: ValueHead) -> dict[str, float]:
     """Within-problem AUCs of min / mean / last and weighted majority@S with min."""
+    reward = ValueReward(head)
     ys, gs, by, wmaj = [], [], defaultdict(list), []
     for s in test:
-        sc = solution_scores(s, head)
+        sc = solution_scores(s, reward)
         for k, v in sc.items():
             by[k].append(v)
-        ys.append(outcomes(s))
+        ys.append(np.array([r["correct"] for r in s.solutions], dtype=int))
         gs += [s.problem_id] * len(ys[-1])
         wmaj.append(weighted_majority(s, sc["min"]))
     y, g = np.concatenate(ys), np.array(gs)

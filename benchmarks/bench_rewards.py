@@ -38,11 +38,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
+from particlescale.aggregation import aggregate
 from particlescale.answers import extract_answer, has_boxed, normalize_answer
 from particlescale.eval.grading import grade_numeric
 from particlescale.models import DEFAULT_GENERATOR
 from particlescale.protocols import SamplingParams
-from particlescale.rewards.combine import aggregate_prefix
 from particlescale.rewards.registry import DEFAULT_REWARD, make_reward
 from particlescale.types import Particle, Problem, Step, Usage
 
@@ -157,7 +157,7 @@ async def score_all(rows: list[dict], spec: str, close: bool = True) -> tuple[li
             problem = Problem(question=row["question"], id=row["id"])
             trajs = [steps_of(sol) for sol in row["samples"]]
             values = await reward.score(problem, trajs, usage)
-            scores.append([aggregate_prefix(v, agg) if v else 0.5 for v in values])
+            scores.append([aggregate(v, agg) if v else 0.5 for v in values])
     finally:
         if close and callable(getattr(reward, "close", None)):
             reward.close()  # type: ignore[attr-defined]
@@ -322,7 +322,7 @@ async def run_judge(rows: list[dict], seconds: float
                 out[spec], extra = await score_all(done, spec, close=False)
                 times[spec] = wall + extra
             for agg in ("min", "prod", "mean"):
-                out[f"judge ({agg})"] = [[aggregate_prefix(v, agg) for v in prob] for prob in p_yes]
+                out[f"judge ({agg})"] = [[aggregate(v, agg) for v in prob] for prob in p_yes]
                 times[f"judge ({agg})"] = wall
         finally:
             REWARDS["judge"] = cached_builder

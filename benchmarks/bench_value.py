@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from particlescale import asolve
+from particlescale.aggregation import aggregate
 from particlescale.algorithms import make_config
 from particlescale.algorithms.common import potential
 from particlescale.algorithms.selection import select_answer
@@ -56,7 +57,6 @@ from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.report import wilson
 from particlescale.protocols import RewardModel, SamplingParams
 from particlescale.rewards.arith import ArithReward
-from particlescale.rewards.combine import aggregate_prefix
 from particlescale.rewards.registry import make_reward
 from particlescale.rewards.value import ValueReward, packaged_head
 from particlescale.smc import ess, normalize, resampling
@@ -301,7 +301,7 @@ def lineage_line(sets: list[SampleSet], head: ValueHead, agg: str, n: int, seed:
             per = [v[(s.solution == j) & (s.step <= t)] for j in range(n)]
             if all(len(x) for x in per):
                 # pf's paper weights: the logit of the prefix's aggregated value
-                log_weights.append(potential([aggregate_prefix(x, agg) for x in per], "logit"))
+                log_weights.append(potential([aggregate(x, agg) for x in per], "logit"))
     out = []
     for name in ("multinomial", "stratified", "residual", "systematic"):
         resample = resampling.get(name)

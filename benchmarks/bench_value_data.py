@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_value import pick
 from report import write_section
 
+from particlescale.aggregation import aggregate
 from particlescale.answers import normalize_answer
-from particlescale.rewards.combine import aggregate_prefix
 from particlescale.rewards.value import ValueReward
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead, within_problem_auc
@@ -58,7 +58,7 @@ def solution_scores(s: SampleSet, reward: ValueReward) -> dict[str, np.ndarray]:
     """Per solution: min, mean and last of its step scores from the ``value`` reward."""
     steps = [s.solution_steps(j) for j in range(len(s.solutions))]
     per = asyncio.run(reward.score(Problem("(scored offline)", id=s.problem_id), steps, Usage()))
-    return {agg: np.array([aggregate_prefix(v, agg) for v in per])
+    return {agg: np.array([aggregate(v, agg) for v in per])
             for agg in ("min", "mean", "last")}
 
 

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+from particlescale.aggregation import aggregate
 from particlescale.errors import ConfigError
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.cache import PrefixCache
-from particlescale.rewards.combine import Combined, aggregate_prefix, parse_spec
+from particlescale.rewards.combine import Combined, parse_spec
 from particlescale.rewards.logprob import LogprobReward
 from particlescale.types import Problem, Step, Usage
 
@@ -81,13 +82,17 @@ def test_parse_spec_rejects(spec: str) -> None:
         parse_spec(spec)
 
 
-def test_aggregate_prefix() -> None:
-    assert aggregate_prefix([0.2, 0.8], "mean") == pytest.approx(0.5)
-    assert aggregate_prefix([0.2, 0.8], "min") == pytest.approx(0.2)
-    assert aggregate_prefix([0.2, 0.8], "last") == pytest.approx(0.8)
-    assert aggregate_prefix([0.5, 0.5], "prod") == pytest.approx(0.25)
-    with pytest.raises(ConfigError):
-        aggregate_prefix([0.5], "median")
+def test_aggregate() -> None:
+    assert aggregate([0.2, 0.8], "mean") == pytest.approx(0.5)
+    assert aggregate([0.2, 0.8], "min") == pytest.approx(0.2)
+    assert aggregate([0.2, 0.8], "last") == pytest.approx(0.8)
+    assert aggregate([0.5, 0.5], "prod") == pytest.approx(0.25)
+    assert aggregate([0.0, 1.0], "last") == pytest.approx(1 - 1e-6)  # clipped: logit stays finite
+    assert aggregate([], "min") == 0.5  # no steps scored: no evidence either way
+    with pytest.raises(ConfigError, match="aggregation.*median"):
+        aggregate([0.5], "median")
+    with pytest.raises(ConfigError, match="aggregation"):
+        aggregate([], "median")  # a bad name is an error even before any step is scored
 
 
 async def test_cache_scores_each_prefix_once_and_separates_problems() -> None:

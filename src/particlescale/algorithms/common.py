@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from particlescale.aggregation import EPS, aggregate
 from particlescale.answers import extract_answer, has_boxed
 from particlescale.protocols import GenerationSession, RewardModel
 from particlescale.types import (
@@ -28,30 +29,12 @@ from particlescale.types import (
     Usage,
 )
 
-EPS = 1e-6
-
 
 def aggregation_for(reward: RewardModel, aggregation: str | None) -> str:
     """The aggregation to use: the configured one, else the reward model's own default."""
     if aggregation is not None:
         return aggregation
     return str(getattr(reward, "default_aggregation", "last"))
-
-
-def aggregate(rewards: Sequence[float], aggregation: str) -> float:
-    """One score from per-step rewards (``model`` rewards are already prefix scores)."""
-    if not rewards:
-        return 0.5
-    r = np.clip(np.asarray(rewards, dtype=np.float64), EPS, 1 - EPS)
-    if aggregation in ("last", "model"):
-        return float(r[-1])
-    if aggregation == "min":
-        return float(r.min())
-    if aggregation == "prod":
-        return float(np.exp(np.log(r).sum()))
-    if aggregation == "mean":
-        return float(r.mean())
-    raise ValueError(f"aggregation: unknown {aggregation!r}; choose last, min, prod, mean, model")
 
 
 def potential(score: float | np.ndarray, transform: str) -> np.ndarray:

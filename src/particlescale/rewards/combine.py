@@ -22,27 +22,10 @@ import asyncio
 import math
 from collections.abc import Sequence
 
+from particlescale.aggregation import EPS, aggregate
 from particlescale.errors import ConfigError
 from particlescale.protocols import RewardModel
 from particlescale.types import Problem, Step, Usage
-
-EPS = 1e-6
-
-
-def aggregate_prefix(values: Sequence[float], aggregation: str) -> float:
-    """One prefix score from per-step values (the same rules as the algorithms use)."""
-    v = [min(max(float(x), EPS), 1 - EPS) for x in values]
-    if not v:
-        return 0.5
-    if aggregation in ("last", "model"):
-        return v[-1]
-    if aggregation == "min":
-        return min(v)
-    if aggregation == "mean":
-        return sum(v) / len(v)
-    if aggregation == "prod":
-        return math.exp(sum(math.log(x) for x in v))
-    raise ConfigError(f"aggregation: unknown {aggregation!r}; choose last, min, prod, mean, model")
 
 
 class Combined:
@@ -77,7 +60,7 @@ class Combined:
                 log_r = 0.0
                 for (w, r), values in zip(self.parts, results, strict=True):
                     agg = str(getattr(r, "default_aggregation", "last"))
-                    log_r += w * math.log(aggregate_prefix(values[i][:t], agg))
+                    log_r += w * math.log(aggregate(values[i][:t], agg))
                 row.append(min(max(math.exp(log_r), EPS), 1 - EPS))
             out.append(row)
         return out

@@ -89,7 +89,7 @@ def test_aggregate() -> None:
     assert aggregate([0.5, 0.5], "prod") == pytest.approx(0.25)
     assert aggregate([0.0, 1.0], "last") == pytest.approx(1 - 1e-6)  # clipped: logit stays finite
     assert aggregate([], "min") == 0.5  # no steps scored: no evidence either way
-    with pytest.raises(ConfigError, match="aggregation.*median"):
+    with pytest.raises(ConfigError, match=r"aggregation.*median"):
         aggregate([0.5], "median")
     with pytest.raises(ConfigError, match="aggregation"):
         aggregate([], "median")  # a bad name is an error even before any step is scored

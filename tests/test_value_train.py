@@ -78,6 +78,35 @@ def test_collect_writes_a_shard_per_problem_resumes_and_keeps_to_its_deadline(tm
                                               b.features[b.solution == j][-1])
 
 
+def test_collect_tops_up_a_shard_with_fewer_solutions_than_asked(tmp_path):
+    from particlescale.backends.llamacpp import LlamaCppGenerator
+
+    params = SamplingParams(temperature=1.0, max_step_tokens=10)
+    with LlamaCppGenerator("smollm2-135m", embeddings=True, n_ctx=4096, n_seq_max=8) as gen:
+        (two,) = asyncio.run(collect(gen, PROBLEMS[:1], 2, tmp_path, params=params,
+                                     max_steps=2))
+        (three,) = asyncio.run(collect(gen, PROBLEMS[:1], 3, tmp_path, params=params,
+                                       max_steps=2))
+        assert three.n_solutions == 3 and len(three.solutions) == 3
+        assert set(three.solution.tolist()) == {0, 1, 2}
+        old = three.solution < 2  # the two stored solutions come first, unchanged
+        assert three.solutions[:2] == two.solutions
+        # (shards keep features as float16: the stored ones are the rounded ones)
+        np.testing.assert_array_equal(three.features[old], two.features.astype(np.float16))
+        np.testing.assert_array_equal(three.labels[old], two.labels)
+        new = three.solution_steps(2)  # the added one is whole: its text and its states
+        assert [st.text for st in new] == three.solutions[2]["steps"]
+        assert three.tokens > two.tokens
+        calls = gen.engine.stats.decode_calls
+        (again,) = asyncio.run(collect(gen, PROBLEMS[:1], 3, tmp_path, params=params,
+                                       max_steps=2))
+        assert gen.engine.stats.decode_calls == calls  # topped up once, then loaded
+        assert again.solutions == three.solutions
+        (fewer,) = asyncio.run(collect(gen, PROBLEMS[:1], 2, tmp_path, params=params,
+                                       max_steps=2))
+        assert fewer.n_solutions == 3  # asking for fewer keeps what is stored
+
+
 def test_collect_adds_monte_carlo_labels_to_the_shards_there(tmp_path):
     from particlescale.backends.llamacpp import LlamaCppGenerator
 

@@ -80,6 +80,31 @@ class SampleSet:
         return [Particle(id=j, steps=tuple(self.solution_steps(j)), finished=True)
                 for j in range(len(self.solutions))]
 
+    @property
+    def n_solutions(self) -> int:
+        """How many solutions the prefixes come from."""
+        return int(self.solution.max()) + 1 if len(self.solution) else len(self.solutions)
+
+    def extended(self, more: SampleSet) -> SampleSet:
+        """These solutions followed by ``more``'s (of the same problem, same labelling).
+        A shard written before solutions kept their text keeps none after it either: its
+        records could not be matched to their solutions' indices."""
+        if more.mc_rollouts != self.mc_rollouts:
+            raise ValueError("labels: cannot join Monte-Carlo and outcome-labelled solutions")
+        base = self.n_solutions
+        return SampleSet(
+            self.problem_id,
+            np.concatenate([self.features, more.features]) if len(self.labels)
+            else more.features,
+            np.concatenate([self.labels, more.labels]),
+            np.concatenate([self.outcome, more.outcome]),
+            np.concatenate([self.solution, more.solution + base]),
+            np.concatenate([self.step, more.step]),
+            self.tokens + more.tokens,
+            [*self.solutions, *more.solutions] if self.solutions else [],
+            self.mc_rollouts,
+        )
+
     def with_mc_labels(self, labels: Sequence[Sequence[float]], rollouts: int) -> SampleSet:
         flat = np.array([x for per in labels for x in per], dtype=np.float64)
         if flat.shape != self.labels.shape:
@@ -239,7 +264,8 @@ async def collect(
     mc_rollouts: int = 0,
 ) -> list[SampleSet]:
     """Sample and label every problem, writing one shard per problem as soon as it is done;
-    problems whose shard exists are loaded, not re-sampled (resume).
+    problems whose shard exists are loaded, not re-sampled (resume). A shard with fewer than
+    ``samples`` solutions is topped up (:func:`top_up`); one with more keeps them all.
 
     ``deadline`` (a ``time.monotonic()`` value): no problem *starts* sampling after it (those
     already sampling finish, so no work is thrown away); the problems not sampled are left
@@ -260,14 +286,15 @@ async def collect(
         # the same solutions for the same problem.
         pseed = seed * 100_003 + k
         s: SampleSet | None = SampleSet.load(path, problem.id) if path.exists() else None
-        if s is not None and (s.mc_rollouts >= mc_rollouts or not s.solutions):
+        short = s is not None and s.n_solutions < samples
+        if s is not None and not short and (s.mc_rollouts >= mc_rollouts or not s.solutions):
             results[problem.id] = s
             if on_done:
                 on_done(s, True)
             return
         async with sem:
             if deadline is not None and time.monotonic() >= deadline:
-                if s is not None:  # keeps its outcome labels; a later call adds MC labels
+                if s is not None:  # keeps what it has; a later call tops it up / adds labels
                     results[problem.id] = s
                 return
             fresh = s is None
@@ -276,17 +303,47 @@ async def collect(
                                             max_steps, Usage())
                 s = label_solutions(problem, sols)
                 s.save(path)
-            if mc_rollouts > s.mc_rollouts:
+            elif short:
+                s = await top_up(generator, problem, s, samples, params, (seed, k),
+                                 max_steps)
+                s.save(path)
+            if mc_rollouts > s.mc_rollouts and s.solutions:
                 mc = await mc_labels(generator, problem, s.particles(), mc_rollouts, params,
                                      pseed + 1, max_steps, Usage())
                 s = s.with_mc_labels(mc, mc_rollouts)
                 s.save(path)
         results[problem.id] = s
         if on_done:
-            on_done(s, not fresh)
+            on_done(s, not fresh and not short)
 
     await asyncio.gather(*(one(k, p) for k, p in enumerate(problems)))
     return [results[p.id] for p in problems if p.id in results]
+
+
+async def top_up(
+    generator: Generator,
+    problem: Problem,
+    s: SampleSet,
+    samples: int,
+    params: SamplingParams,
+    key: tuple[int, int],
+    max_steps: int,
+) -> SampleSet:
+    """``s`` with more solutions sampled until it has ``samples``, labelled as ``s`` is
+    (Monte-Carlo labels with its rollouts if it has them). Their seed depends on the run's
+    seed, the problem's index and how many solutions the shard had (``key`` + that count),
+    so topping a shard up from 8 to 16 is reproducible, though not the 16 that a fresh run
+    would draw."""
+    have = s.n_solutions
+    tseed = int(np.random.SeedSequence([*key, have]).generate_state(1)[0])
+    sols = await sample_problem(generator, problem, samples - have, params, tseed,
+                                max_steps, Usage())
+    more = label_solutions(problem, sols)
+    if s.mc_rollouts:
+        mc = await mc_labels(generator, problem, more.particles(), s.mc_rollouts, params,
+                             tseed + 1, max_steps, Usage())
+        more = more.with_mc_labels(mc, s.mc_rollouts)
+    return s.extended(more)
 
 
 def fit_from_sets(

@@ -424,7 +424,10 @@ async def main() -> None:
                          concurrency=args.concurrency, deadline=deadline,
                          on_done=lambda s, cached: None if cached else clock.shard_done())
     clock.save()
-    sets = [s for s in sets if s.solutions]
+    # a shard topped up past --samples (or not yet topped up to it) must not change the
+    # figures: each problem counts with exactly its first S solutions, or not at all
+    sets = [s.first(args.samples) for s in sets
+            if s.solutions and s.n_solutions >= args.samples]
     print(f"{len(sets)} of {len(ds.problems)} problems sampled", flush=True)
     rows, head_seconds = await score_rows(sets, heads)
 

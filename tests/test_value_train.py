@@ -105,6 +105,10 @@ def test_collect_tops_up_a_shard_with_fewer_solutions_than_asked(tmp_path):
         (fewer,) = asyncio.run(collect(gen, PROBLEMS[:1], 2, tmp_path, params=params,
                                        max_steps=2))
         assert fewer.n_solutions == 3  # asking for fewer keeps what is stored
+        head = fewer.first(2)  # ... and a caller that wants exactly two takes the first two
+        assert head.n_solutions == 2 and head.solutions == two.solutions
+        np.testing.assert_array_equal(head.labels, two.labels)
+        assert head.tokens == two.tokens
 
 
 def test_collect_adds_monte_carlo_labels_to_the_shards_there(tmp_path):

@@ -105,6 +105,18 @@ class SampleSet:
             self.mc_rollouts,
         )
 
+    def first(self, n: int) -> SampleSet:
+        """Only the first ``n`` solutions (all of them if there are no more)."""
+        if n >= self.n_solutions:
+            return self
+        keep = self.solution < n
+        recs = self.solutions[:n]
+        tokens = (sum(sum(r["tokens"]) for r in recs) if recs
+                  else round(self.tokens * keep.mean()))  # no records: pro rata
+        return replace(self, features=self.features[keep], labels=self.labels[keep],
+                       outcome=self.outcome[keep], solution=self.solution[keep],
+                       step=self.step[keep], tokens=tokens, solutions=recs)
+
     def with_mc_labels(self, labels: Sequence[Sequence[float]], rollouts: int) -> SampleSet:
         flat = np.array([x for per in labels for x in per], dtype=np.float64)
         if flat.shape != self.labels.shape:

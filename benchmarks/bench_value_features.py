@@ -90,7 +90,11 @@ class TokenStates:
         cp.n_threads = cp.n_threads_batch = 2
         cp.embeddings, cp.kv_unified, cp.no_perf = True, True, True
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
+        n_layer = L.llama_model_n_layer(engine._model)
+        if any(not 0 <= k < n_layer for k in layers):
+            raise SystemExit(f"--layers: {MODEL} has blocks 0..{n_layer - 1}; got {layers}")
         self.layers = layers
+        self._bad: str | None = None
         self._grab: dict[int, list[np.ndarray]] = {k: [] for k in layers}
         if layers:
             wanted = {f"l_out-{k}".encode(): k for k in layers}
@@ -102,7 +106,9 @@ class TokenStates:
                     return k is not None
                 if k is not None:
                     if tensor.type != 0 or tensor.nb[1] != 4 * tensor.ne[0]:
-                        raise RuntimeError(f"l_out-{k} is not a contiguous F32 tensor")
+                        # an exception cannot cross the C callback: note it, decode() raises
+                        self._bad = f"l_out-{k} is not a contiguous F32 tensor"
+                        return True
                     n = tensor.ne[0] * tensor.ne[1]
                     rows = np.ctypeslib.as_array((ctypes.c_float * n).from_address(tensor.data))
                     self._grab[k].append(rows.reshape(tensor.ne[1], tensor.ne[0]).copy())
@@ -133,6 +139,8 @@ class TokenStates:
             raise RuntimeError("llama_decode failed")
         final = np.stack([np.ctypeslib.as_array(L.llama_get_embeddings_ith(self.ctx, i),
                                                 shape=(self.dim,)) for i in range(len(tokens))])
+        if self._bad:
+            raise RuntimeError(self._bad)
         inner = {k: np.vstack(self._grab[k]) for k in self.layers}
         if any(len(v) != len(tokens) for v in inner.values()):
             raise RuntimeError("a layer callback saw a different number of rows than decoded")

@@ -408,6 +408,10 @@ async def main() -> None:
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     pf_budgets = [int(b) for b in args.pf_budgets.split(",") if b]
+    if max(budgets) > args.samples:
+        raise SystemExit(f"--budgets: {max(budgets)} is more than --samples {args.samples}; "
+                         "the baselines use the first N of the stored samples (raise --samples "
+                         "to top the shards up)")
     args.pf_options = parse_pf_options(args.pf_option)
     head_paths = [Path(h) for h in args.head] or [packaged_head(MODEL)]
     heads = {p.stem: ValueHead.load(p) for p in head_paths}

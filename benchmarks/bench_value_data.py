@@ -43,7 +43,7 @@ from particlescale.aggregation import aggregate
 from particlescale.answers import normalize_answer
 from particlescale.rewards.value import ValueReward
 from particlescale.types import Problem, Usage
-from particlescale.value.head import ValueHead, within_problem_auc
+from particlescale.value.head import ValueHead, auc, within_problem_auc
 from particlescale.value.train import SampleSet, fit_from_sets
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -70,21 +70,24 @@ def weighted_majority(s: SampleSet, weights: np.ndarray) -> bool:
     return chosen is not None and right[chosen]
 
 
-def score_test(test: list[SampleSet], head: ValueHead) -> dict[str, float]:
-    """Within-problem AUCs of min / mean / last and weighted majority@S with min."""
+def per_problem(test: list[SampleSet], head: ValueHead) -> dict[str, np.ndarray]:
+    """Per test problem with both outcomes: AUC of the min / mean / last step score among its
+    solutions; and per problem: is weighted majority (min) right?"""
     reward = ValueReward(head)
-    ys, gs, by, wmaj = [], [], defaultdict(list), []
+    out: dict[str, list[float]] = {"min": [], "mean": [], "last": [], "wmaj": []}
     for s in test:
         sc = solution_scores(s, reward)
-        for k, v in sc.items():
-            by[k].append(v)
-        ys.append(np.array([r["correct"] for r in s.solutions], dtype=int))
-        gs += [s.problem_id] * len(ys[-1])
-        wmaj.append(weighted_majority(s, sc["min"]))
-    y, g = np.concatenate(ys), np.array(gs)
-    out = {k: within_problem_auc(y, np.concatenate(v), g)[0] for k, v in by.items()}
-    out["wmaj"] = float(np.mean(wmaj))
-    return out
+        y = np.array([r["correct"] for r in s.solutions], dtype=int)
+        out["wmaj"].append(float(weighted_majority(s, sc["min"])))
+        if 0 < y.sum() < len(y):
+            for k in ("min", "mean", "last"):
+                out[k].append(auc(y, sc[k]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def score_test(test: list[SampleSet], head: ValueHead) -> dict[str, float]:
+    """Within-problem AUCs of min / mean / last and weighted majority@S with min."""
+    return {k: float(v.mean()) for k, v in per_problem(test, head).items()}
 
 
 def centred(sets: list[SampleSet], mean: np.ndarray, scale: np.ndarray

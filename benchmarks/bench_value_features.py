@@ -45,15 +45,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_value_data import solution_scores, weighted_majority
+from bench_value_data import per_problem
 from report import write_section
 
 from particlescale.backends.llamacpp.engine import LlamaEngine, _llama
 from particlescale.eval.datasets import load_dataset
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
-from particlescale.rewards.value import ValueReward
-from particlescale.value.head import ValueHead, auc, fit_head, within_problem_auc
+from particlescale.value.head import auc, fit_head, within_problem_auc
 from particlescale.value.train import SampleSet, fit_from_sets
 
 MODEL = "qwen2.5-0.5b"
@@ -246,21 +245,6 @@ def matrix(data: dict, keys: tuple[str, ...], final: bool
 def with_features(data: dict, keys: tuple[str, ...]) -> list[SampleSet]:
     """The problems' sample sets with their stored features swapped for a variant's."""
     return [replace(r["set"], features=np.hstack([r[k] for k in keys])) for r in data.values()]
-
-
-def per_problem(test: list[SampleSet], head: ValueHead) -> dict[str, np.ndarray]:
-    """Per test problem with both outcomes: AUC of the min / mean / last step score among its
-    solutions; and per problem: is weighted majority (min) right?"""
-    reward = ValueReward(head)
-    out: dict[str, list[float]] = {"min": [], "mean": [], "last": [], "wmaj": []}
-    for s in test:
-        sc = solution_scores(s, reward)
-        y = np.array([r["correct"] for r in s.solutions], dtype=int)
-        out["wmaj"].append(float(weighted_majority(s, sc["min"])))
-        if 0 < y.sum() < len(y):
-            for k in ("min", "mean", "last"):
-                out[k].append(auc(y, sc[k]))
-    return {k: np.array(v) for k, v in out.items()}
 
 
 def reward_table(train: dict, test: dict, variants: dict[str, tuple[str, ...]],

@@ -1,7 +1,7 @@
 """pf with the value reward against majority vote, best-of-N and weighted best-of-N up to a
 budget of 16, on GSM8K test problems, with one compact record per problem kept in the repo.
 
-Why a second value bench: at budget 16 each problem costs ~4-5 minutes of a 2-core CPU (16
+Why a second value bench: at budget 16 each problem costs ~3.3 minutes of a 2-core CPU (16
 independent solutions for the baselines plus one pf run with 16 particles), so 100 problems
 take longer than one working session, and ``bench_value``'s shards (hidden states, ~1 MB per
 problem) do not outlive the machine they were sampled on. This bench keeps only what the

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_value import SELECTORS, cell, pick
+from bench_value import SELECTORS, cell, pick, score_rows
 from report import write_section
 
 from particlescale import asolve
@@ -42,7 +41,6 @@ from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.protocols import SamplingParams
-from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import ValueReward, packaged_head
 from particlescale.types import Problem, Usage
 from particlescale.value.head import ValueHead
@@ -80,22 +78,14 @@ async def solve_one(gen: LlamaCppGenerator, reward: ValueReward, q: Problem, k: 
     pseed = args.seed * 100_003 + k  # as ``collect`` seeds problem k
     sols = await sample_problem(gen, q, args.budget, params, pseed, args.max_steps, Usage())
     sample_s = time.perf_counter() - t
-    labelled = label_solutions(q, sols)
-    steps = [labelled.solution_steps(j) for j in range(len(sols))]
-    probe = Problem("(scored offline)", id=q.id)
-    values = await ValueReward(reward.head).score(probe, steps, Usage())
-    arith = await ArithReward().score(probe, steps, Usage())
-    samples = []
-    for j, rec in enumerate(labelled.solutions):
-        toks = sum(rec["tokens"])
-        lp = sum(x or 0.0 for x in rec["logprob"]) / max(1, toks)
-        samples.append({"answer": rec["answer"], "correct": int(rec["correct"]),
-                        "tokens": toks, "steps": len(rec["tokens"]),
-                        "value_last": round(values[j][-1], 6),
-                        "value_min": round(min(values[j]), 6),
-                        "value_mean": round(float(np.mean(values[j])), 6),
-                        "arith": round(float(np.mean(arith[j])), 6),
-                        "logprob": round(math.exp(lp), 6)})
+    # the same per-solution scores as bench_value's reward table (one scorer for both)
+    rows, _ = await score_rows([label_solutions(q, sols)], {"value": reward.head})
+    samples = [{"answer": r["answer"], "correct": r["correct"],
+                "tokens": sum(st.tokens for st in p.steps),
+                "steps": len(p.steps),
+                **{f"value_{a}": round(r[f"value:{a}"], 6) for a in ("last", "min", "mean")},
+                "arith": round(r["arith"], 6), "logprob": round(r["logprob"], 6)}
+               for r, p in zip(rows, sols, strict=True)]
     t = time.perf_counter()
     res = await asolve(q, generator=gen, reward=reward, method="pf", budget=args.budget,
                        seed=k, max_steps=args.max_steps, max_step_tokens=args.max_step_tokens)

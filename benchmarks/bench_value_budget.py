@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_value import SELECTORS, cell, pick, score_rows
+from record import grow_record, read_record
 from report import write_section
 
 from particlescale import asolve
@@ -57,19 +56,6 @@ def config_key(head: ValueHead, args: argparse.Namespace) -> dict:
             "max_step_tokens": args.max_step_tokens, "temperature": 0.8}
 
 
-def read_record(path: Path, key: dict) -> tuple[dict[str, dict], int]:
-    """Recorded problems under ``key`` (by id), and how many lines were under another key."""
-    done, other = {}, 0
-    if path.exists():
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            if r["config"] == key:
-                done[r["problem"]] = r
-            else:
-                other += 1
-    return done, other
-
-
 async def solve_one(gen: LlamaCppGenerator, reward: ValueReward, q: Problem, k: int,
                     args: argparse.Namespace) -> dict:
     """S independent solutions scored by every reward, then one pf run at budget S."""
@@ -91,7 +77,7 @@ async def solve_one(gen: LlamaCppGenerator, reward: ValueReward, q: Problem, k: 
                        seed=k, max_steps=args.max_steps, max_step_tokens=args.max_step_tokens)
     answers = {sel: select_answer(res.candidates, sel) for sel in SELECTORS}
     kinds = {normalize_answer(c.answer) for c in res.candidates if c.answer is not None}
-    return {"problem": q.id, "index": k, "samples": samples,
+    return {"samples": samples,
             "pf": {"answers": answers,
                    "correct": {s: int(is_correct(q.answer or "", a or ""))
                                for s, a in answers.items()},
@@ -103,35 +89,18 @@ async def solve_one(gen: LlamaCppGenerator, reward: ValueReward, q: Problem, k: 
 async def extend(args: argparse.Namespace, problems: list[Problem], head: ValueHead,
                  key: dict, done: dict[str, dict]) -> None:
     """Append a line for each problem not yet recorded, until ``--minutes`` run out."""
-    todo = [(k, q) for k, q in enumerate(problems) if q.id not in done]
-    if not todo or args.minutes <= 0:
+    if args.minutes <= 0 or all(q.id in done for q in problems):
         return
-    deadline = time.monotonic() + 60 * args.minutes
     # every problem in flight holds up to S sequences of a prompt plus ≤12×160 tokens
     gen = LlamaCppGenerator(MODEL, embeddings=True, n_ctx=32768,
                             n_seq_max=max(16, args.budget * args.concurrency))
     reward = ValueReward(head, aggregation=args.aggregation)
-    sem = asyncio.Semaphore(args.concurrency)
-    args.record.parent.mkdir(parents=True, exist_ok=True)
-    with Progress() as bar:
-        task = bar.add_task("problems", total=len(problems), completed=len(done))
-
-        async def one(k: int, q: Problem) -> None:
-            async with sem:
-                if time.monotonic() >= deadline:
-                    return
-                try:
-                    line = await solve_one(gen, reward, q, k, args)
-                except Exception as e:  # keep the others; a re-run retries this one
-                    bar.console.print(f"problem {q.id}: {type(e).__name__}: {e}")
-                    return
-                with args.record.open("a") as f:  # one line per finished problem (resume)
-                    f.write(json.dumps({"config": key, **line}) + "\n")
-                done[q.id] = line
-                bar.advance(task)
-
-        await asyncio.gather(*(one(k, q) for k, q in todo))
-    gen.close()
+    try:
+        await grow_record(args.record, key, problems, done,
+                          lambda q, k: solve_one(gen, reward, q, k, args),
+                          minutes=args.minutes, concurrency=args.concurrency)
+    finally:
+        gen.close()
 
 
 def distinct(samples: list[dict]) -> int:

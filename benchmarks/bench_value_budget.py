@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_value import SELECTORS, cell, pick, score_rows
-from record import grow_record, read_record
+from record import add_record_args, grow_record, read_record
 from report import write_section
 
 from particlescale import asolve
@@ -176,17 +176,9 @@ def report(done: dict[str, dict], golds: dict[str, str], args: argparse.Namespac
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--record", type=Path, default=RECORD)
-    ap.add_argument("--problems", type=int, default=100)
+    add_record_args(ap, RECORD)
     ap.add_argument("--budget", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=1234, help="problem selection and sampling")
-    ap.add_argument("--head", type=Path, default=None, help="default: the packaged head")
     ap.add_argument("--aggregation", default="min", choices=("last", "min", "mean"))
-    ap.add_argument("--max-steps", type=int, default=12)
-    ap.add_argument("--max-step-tokens", type=int, default=160)
-    ap.add_argument("--concurrency", type=int, default=2, help="problems at once")
-    ap.add_argument("--minutes", type=float, default=0.0,
-                    help="time for new problems (0: only rebuild the table from the record)")
     args = ap.parse_args()
     if args.budget < 1:
         raise SystemExit("--budget: must be at least 1")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from record import grow_record, read_record
+from record import add_record_args, grow_record, read_record
 from report import write_section
 
 from particlescale.algorithms.common import IdSource
@@ -174,18 +174,10 @@ def report(done: dict[str, dict], args: argparse.Namespace, other: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--record", type=Path, default=RECORD)
-    ap.add_argument("--problems", type=int, default=100)
+    add_record_args(ap, RECORD)
     ap.add_argument("--samples", type=int, default=4, help="solutions per problem")
     ap.add_argument("--prefixes", type=int, default=2, help="labelled prefixes per solution")
     ap.add_argument("--rollouts", type=int, default=4, help="completions per labelled prefix")
-    ap.add_argument("--seed", type=int, default=1234, help="problem selection and sampling")
-    ap.add_argument("--head", type=Path, default=None, help="default: the packaged head")
-    ap.add_argument("--max-steps", type=int, default=12)
-    ap.add_argument("--max-step-tokens", type=int, default=160)
-    ap.add_argument("--concurrency", type=int, default=2, help="problems at once")
-    ap.add_argument("--minutes", type=float, default=0.0,
-                    help="time for new problems (0: only rebuild the table from the record)")
     args = ap.parse_args()
     for name in ("samples", "prefixes", "rollouts"):
         if getattr(args, name) < 1:

@@ -10,6 +10,7 @@ rebuilt from the whole file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -20,6 +21,20 @@ from typing import Any
 from rich.progress import Progress
 
 from particlescale.types import Problem
+
+
+def add_record_args(ap: argparse.ArgumentParser, record: Path) -> None:
+    """The options every record-growing bench shares: where the record is, which problems
+    (bench_value's seeded GSM8K selection), the head, the sampling limits and the time."""
+    ap.add_argument("--record", type=Path, default=record)
+    ap.add_argument("--problems", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1234, help="problem selection and sampling")
+    ap.add_argument("--head", type=Path, default=None, help="default: the packaged head")
+    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--max-step-tokens", type=int, default=160)
+    ap.add_argument("--concurrency", type=int, default=2, help="problems at once")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="time for new problems (0: only rebuild the table from the record)")
 
 
 def read_record(path: Path, key: dict) -> tuple[dict[str, dict], int]:

@@ -138,6 +138,19 @@ def auc_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rng: np.rando
     return f"{auc(y, p):.3f} [{lo:.2f}, {hi:.2f}]"
 
 
+def within_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
+                    draws: int = 1000) -> str:
+    """Within-problem AUC (mean over problems with both labels) with a 95% bootstrap interval
+    over those problems, and how many there are."""
+    within, n = within_problem_auc(y, p, groups)
+    per = np.array([auc(y[groups == g], p[groups == g]) for g in np.unique(groups)])
+    per = per[~np.isnan(per)]
+    if not len(per):
+        return "n/a (no problem has both labels)"
+    lo, hi = np.percentile(rng.choice(per, size=(draws, len(per))).mean(axis=1), [2.5, 97.5])
+    return f"{within:.3f} [{lo:.2f}, {hi:.2f}] (n={n})"
+
+
 def report(done: dict[str, dict], args: argparse.Namespace, other: int) -> str:
     recs = list(done.values())
     rows = [(r["problem"], x) for r in recs for x in r["prefixes"]]
@@ -162,12 +175,12 @@ def report(done: dict[str, dict], args: argparse.Namespace, other: int) -> str:
              f"of its prefix correct: {np.mean((outcome == 1) & (good == 0)):.0%}; wrong "
              f"solution from a prefix that can still succeed: "
              f"{np.mean((outcome == 0) & (good == 1)):.0%}).", "",
-             "| per-step score | AUC vs hard label (95%, problems resampled) | within-problem | "
-             "AUC vs soft label |", "|---|---|---|---|"]
+             "| per-step score | AUC vs hard label (95%, problems resampled) "
+             "| within-problem (95%) | AUC vs soft label |", "|---|---|---|---|"]
     for field, name in SCORES.items():
         p = np.array([float(x[field]) for _, x in rows])
-        within, n = within_problem_auc(good, p, groups)
-        lines.append(f"| {name} | {auc_interval(good, p, groups, rng)} | {within:.3f} (n={n}) "
+        lines.append(f"| {name} | {auc_interval(good, p, groups, rng)} "
+                     f"| {within_interval(good, p, groups, rng)} "
                      f"| {auc(soft, p):.3f} |")
     return "\n".join(lines)
 

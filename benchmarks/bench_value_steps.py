@@ -46,7 +46,7 @@ from particlescale.protocols import SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import packaged_head
 from particlescale.types import Particle, Problem, Usage
-from particlescale.value.head import ValueHead, auc, within_problem_auc
+from particlescale.value.head import ValueHead, auc, per_problem_aucs
 from particlescale.value.train import complete, is_correct, sample_problem
 
 MODEL = "qwen2.5-0.5b"
@@ -142,13 +142,11 @@ def within_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rng: np.ra
                     draws: int = 1000) -> str:
     """Within-problem AUC (mean over problems with both labels) with a 95% bootstrap interval
     over those problems, and how many there are."""
-    within, n = within_problem_auc(y, p, groups)
-    per = np.array([auc(y[groups == g], p[groups == g]) for g in np.unique(groups)])
-    per = per[~np.isnan(per)]
+    per = per_problem_aucs(y, p, groups)
     if not len(per):
         return "n/a (no problem has both labels)"
     lo, hi = np.percentile(rng.choice(per, size=(draws, len(per))).mean(axis=1), [2.5, 97.5])
-    return f"{within:.3f} [{lo:.2f}, {hi:.2f}] (n={n})"
+    return f"{per.mean():.3f} [{lo:.2f}, {hi:.2f}] (n={len(per)})"
 
 
 def report(done: dict[str, dict], args: argparse.Namespace, other: int) -> str:

@@ -167,12 +167,17 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def per_problem_aucs(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """AUC of each problem that has both outcomes (problems with one outcome are left out)."""
+    aucs = np.array([auc(y[groups == g], p[groups == g]) for g in np.unique(groups)])
+    return aucs[~np.isnan(aucs)]
+
+
 def within_problem_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
     """Mean AUC over problems that have both outcomes (how well the score ranks the
     candidates *of one problem*, which is what weighting particles needs), and how many."""
-    aucs = [auc(y[groups == g], p[groups == g]) for g in np.unique(groups)]
-    aucs = [a for a in aucs if not np.isnan(a)]
-    return (float(np.mean(aucs)) if aucs else float("nan")), len(aucs)
+    aucs = per_problem_aucs(y, p, groups)
+    return (float(np.mean(aucs)) if len(aucs) else float("nan")), len(aucs)
 
 
 def _fit_layers(kind: str, xs: np.ndarray, y: np.ndarray, c: float, seed: int

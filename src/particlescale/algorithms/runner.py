@@ -15,6 +15,7 @@ import numpy as np
 from particlescale.algorithms.common import aggregation_for
 from particlescale.algorithms.config import BaseConfig
 from particlescale.algorithms.selection import select_answer
+from particlescale.algorithms.targets import describe
 from particlescale.protocols import GenerationSession, Generator, RewardModel
 from particlescale.types import Candidate, Problem, Result, Stopwatch, Trace, Usage
 
@@ -57,7 +58,8 @@ async def run(
                            "answer": problem.answer},
                   config=config)
     session = generator.session(problem, cfg.sampling(), rng, usage)
-    ctx = RunContext(problem, generator, reward, session, rng, budget, aggregation, usage, trace)
+    ctx = RunContext(problem, generator, reward, session, rng, budget, aggregation, usage, trace,
+                     info=describe(method, cfg))
     try:
         await fn(ctx, cfg, progress)
     finally:

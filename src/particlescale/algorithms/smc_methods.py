@@ -34,6 +34,10 @@ async def run_pf(ctx: RunContext, cfg: PFConfig, progress: Progress | None = Non
                          ctx.usage, ctx.trace, IdSource(), ctx.budget, progress=progress)
     ctx.candidates = candidates_from(result.particles, result.log_weights, ctx.aggregation)
     ctx.info.update(log_z=result.log_z, resamplings=result.resamplings, steps=result.steps)
+    if cfg.tempering != "none":
+        ctx.info["betas"] = result.betas
+        if cfg.weights == "incremental":
+            ctx.info["cess"] = result.cess
 
 
 def _draw_reference(s: Sweep, rng: np.random.Generator) -> Particle:
@@ -84,6 +88,31 @@ def temperature_ladder(cfg: PTConfig) -> list[float]:
                                            cfg.chains)]
 
 
+def swap_log_ratio(beta_i: float, beta_j: float, phi_i: float, phi_j: float) -> float:
+    """log Metropolis ratio of exchanging x_i and x_j between pi_i ∝ p e^{beta_i phi} and
+    pi_j ∝ p e^{beta_j phi}: pi_i(x_j) pi_j(x_i) / (pi_i(x_i) pi_j(x_j)); p cancels."""
+    return (beta_i - beta_j) * (phi_j - phi_i)
+
+
+def swap_references(refs: list[Particle | None], taus: list[float], aggregation: str,
+                    transform: str, rng: np.random.Generator,
+                    parity: int) -> list[tuple[int, bool]]:
+    """Propose to swap the references of chains (i, i+1) for i = parity, parity+2, ...;
+    swaps the accepted ones in place and returns (i, accepted) per proposal."""
+    out = []
+    for i in range(parity, len(refs) - 1, 2):
+        a, b = refs[i], refs[i + 1]
+        assert a is not None and b is not None
+        phi_a = float(potential(aggregate(a.rewards, aggregation), transform))
+        phi_b = float(potential(aggregate(b.rewards, aggregation), transform))
+        log_ratio = swap_log_ratio(1 / taus[i], 1 / taus[i + 1], phi_a, phi_b)
+        ok = bool(np.log(rng.random()) < min(0.0, log_ratio))
+        if ok:
+            refs[i], refs[i + 1] = b, a
+        out.append((i, ok))
+    return out
+
+
 async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = None) -> None:
     m = cfg.chains
     per_chain = max(1, ctx.budget // m)
@@ -109,20 +138,15 @@ async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = Non
             if c == 0:
                 target_sweeps.append(s)
         # Swap neighbours; alternate even/odd pairs between iterations (deterministic sweep).
-        for i in range(it % 2, m - 1, 2):
-            a, b = refs[i], refs[i + 1]
-            assert a is not None and b is not None
-            phi_a = float(potential(aggregate(a.rewards, ctx.aggregation), transform))
-            phi_b = float(potential(aggregate(b.rewards, ctx.aggregation), transform))
-            log_ratio = (1 / taus[i] - 1 / taus[i + 1]) * (phi_b - phi_a)
+        for i, ok in swap_references(refs, taus, ctx.aggregation, transform, ctx.rng, it % 2):
             proposed[i] += 1
-            if np.log(ctx.rng.random()) < min(0.0, log_ratio):
-                refs[i], refs[i + 1] = b, a
+            if ok:
                 accepted[i] += 1
                 ctx.trace.events.append({"kind": "swap", "iteration": it + 1, "chains": [i, i + 1]})
     ctx.candidates = _pool(target_sweeps, ctx.aggregation)
     rates = [float(a / p) if p else None for a, p in zip(accepted, proposed, strict=True)]
     ctx.info.update(particles=n, iterations=iterations, chains=m, temperatures=taus,
+                    swaps=cfg.swap_kind(),
                     swap_acceptance=rates[: m - 1], swaps_proposed=proposed[: m - 1].tolist())
     if cfg.ancestor_sampling:
         ctx.info["ancestor_moves"] = moves

@@ -168,10 +168,25 @@ class GreedyConfig(BaseConfig):
     temperature: float = Field(0.0, ge=0, description="Greedy decoding.")
 
 
-class BeamConfig(BaseConfig):
-    """Beam search / DVTS as in HF search-and-learn: beam width M."""
+class DVTSConfig(BaseConfig):
+    """DVTS as in HF search-and-learn: N/M subtrees of beam width M (``algorithms/beam.py``)."""
 
-    beam_width: int = Field(4, ge=1, le=1024)
+    beam_width: int = Field(4, ge=1, le=1024, description="Beam width M (HF: 4).")
+
+
+class BeamConfig(DVTSConfig):
+    """Beam search as in HF search-and-learn's beam-search recipes (``algorithms/beam.py``)."""
+
+    filter_duplicates: bool = Field(
+        True,
+        description="Drop live beams whose text repeats an earlier one before keeping the "
+        "best N/M (HF option filter_duplicates; true in every HF beam-search recipe).",
+    )
+    sort_completed: bool = Field(
+        False,
+        description="Return the N best-scoring finished beams instead of the first N to "
+        "finish (HF option sort_completed; false by default and in HF's recipes).",
+    )
 
 
 def parse_config(cls: type[BaseModel], method: str, options: dict[str, Any]) -> Any:

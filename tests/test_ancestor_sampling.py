@@ -23,7 +23,6 @@ import itertools
 import numpy as np
 import pytest
 
-from invariance import EOS, HORIZON, as_particle, chi_square_p, parity_reward, sticky, target
 from particlescale import ConfigError, Problem, solve
 from particlescale.algorithms.common import IdSource
 from particlescale.algorithms.config import PGConfig
@@ -32,6 +31,7 @@ from particlescale.algorithms.smc_methods import _draw_reference
 from particlescale.protocols import SamplingParams
 from particlescale.types import Step, Trace, Usage
 
+from invariance import EOS, HORIZON, as_particle, chi_square_p, parity_reward, sticky, target
 from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 
 DRAWS = 3000

@@ -29,7 +29,7 @@ from particlescale import ConfigError, Problem, solve
 from particlescale.aggregation import aggregate
 from particlescale.algorithms.common import IdSource, potential
 from particlescale.algorithms.config import PGConfig
-from particlescale.algorithms.pf import next_beta, step_log_weights, sweep
+from particlescale.algorithms.pf import next_beta, sweep
 from particlescale.algorithms.smc_methods import _draw_reference, swap_references
 from particlescale.protocols import SamplingParams
 from particlescale.smc import ess, normalize

@@ -399,3 +399,37 @@ def test_pg_answer_pool_estimates_the_target() -> None:
         assert res.info["exact"] is True
         estimates.append(sum(c.weight * count_a(c.text) for c in res.candidates))
     assert mean_within_4_se(estimates, exact), (np.mean(estimates), exact)
+
+
+# -- what users are told --------------------------------------------------------------------
+
+
+def test_methods_command_says_what_each_method_samples(capsys, monkeypatch) -> None:
+    import sys
+
+    from particlescale.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["particlescale", "methods"])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert (e.value.code or 0) == 0
+    first_table = out.split("options (default")[0]
+    rows = {line.split("│")[1].strip(): line for line in first_table.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    assert "heuristic" in rows["pf"] and "weights=incremental" in rows["pf"]
+    assert "exact" in rows["self-consistency"] and "never" in rows["beam"]
+
+
+@pytest.mark.parametrize(("method", "options", "exact"), [
+    ("pf", {}, False), ("pf", {"weights": "incremental", "tempering": "adaptive"}, True),
+    ("pg", {"weights": "incremental"}, True), ("pg", {}, False),
+    ("pg", {"weights": "incremental", "tempering": "linear"}, False),
+    ("beam", {}, False), ("best-of-n", {}, True),
+])
+def test_every_result_says_whether_it_is_exact(method: str, options: dict, exact: bool) -> None:
+    res = solve("q", generator=ScriptedGenerator(sticky, horizon=HORIZON, eos_steps=EOS),
+                reward=ScriptedReward(parity_reward), method=method, budget=8, seed=0,
+                **options)
+    assert res.info["exact"] is exact and isinstance(res.info["target"], str)

@@ -24,6 +24,16 @@ from typing import Any
 from particlescale.algorithms.config import BaseConfig, PFConfig, PGConfig, PTConfig
 
 
+EXACT_WHEN = {
+    "pf": "weights=incremental (any resampling, ess_threshold, tempering, aggregation)",
+    "pg": "weights=incremental, tempering=none (multinomial resampling, any ess_threshold; "
+          "with or without ancestor_sampling)",
+    "pt": "weights=incremental, tempering=none (then swaps are Metropolis moves)",
+    "beam": "never (a search)",
+    "dvts": "never (a search)",
+}
+
+
 def _phi(cfg: PFConfig) -> str:
     tau = cfg.softmax_temperature
     scale = "" if tau == 1 else f"/{tau:g}"

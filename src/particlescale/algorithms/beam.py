@@ -64,8 +64,8 @@ from particlescale.algorithms.common import (
     trace_step,
 )
 from particlescale.algorithms.config import BeamConfig, DVTSConfig
-from particlescale.algorithms.pf import Progress
-from particlescale.algorithms.runner import RunContext
+from particlescale.algorithms.runner import Outcome, RunContext
+from particlescale.protocols import Progress
 from particlescale.types import Particle
 
 
@@ -102,7 +102,7 @@ def _unique(particles: list[Particle]) -> tuple[list[Particle], list[Particle]]:
     return keep, drop
 
 
-async def run_beam(ctx: RunContext, cfg: BeamConfig, progress: Progress | None = None) -> None:
+async def run_beam(ctx: RunContext, cfg: BeamConfig, progress: Progress | None = None) -> Outcome:
     n = ctx.budget
     m = min(cfg.beam_width, n)
     keep = max(1, n // m)
@@ -143,11 +143,11 @@ async def run_beam(ctx: RunContext, cfg: BeamConfig, progress: Progress | None =
     # Every round holds N beams and the search ends with a round in which all finished, so
     # at least N have finished: HF's refill of `completed` up to N never has work to do.
     result = completed[:n]
-    ctx.info.update(finished_beams=finished)
-    ctx.candidates = candidates_from(result, _log(_scores(ctx, result)), ctx.aggregation)
+    return Outcome(candidates_from(result, _log(_scores(ctx, result)), ctx.aggregation),
+                   {"finished_beams": finished})
 
 
-async def run_dvts(ctx: RunContext, cfg: DVTSConfig, progress: Progress | None = None) -> None:
+async def run_dvts(ctx: RunContext, cfg: DVTSConfig, progress: Progress | None = None) -> Outcome:
     m = min(cfg.beam_width, ctx.budget)
     subtrees = max(1, ctx.budget // m)
     ids = IdSource()
@@ -174,5 +174,6 @@ async def run_dvts(ctx: RunContext, cfg: DVTSConfig, progress: Progress | None =
                       "resampled": False, "live": sum(h is not None for h in heads),
                       "finished": sum(h is None for h in heads)})
     result = [p for group in leaves for p in group]
-    ctx.info.update(leaves=len(result), unfinished_leaves=sum(not p.finished for p in result))
-    ctx.candidates = candidates_from(result, _log(_scores(ctx, result)), ctx.aggregation)
+    return Outcome(candidates_from(result, _log(_scores(ctx, result)), ctx.aggregation),
+                   {"leaves": len(result),
+                    "unfinished_leaves": sum(not p.finished for p in result)})

@@ -17,6 +17,7 @@ import numpy as np
 from particlescale.aggregation import EPS, aggregate
 from particlescale.answers import extract_answer, has_boxed
 from particlescale.protocols import GenerationSession, RewardModel
+from particlescale.smc import log_normalize, normalize
 from particlescale.types import (
     STEP_SEPARATOR,
     Candidate,
@@ -118,7 +119,6 @@ async def extend(
                     id=ids(),
                     steps=(*parent.steps, step),
                     rewards=parent.rewards,
-                    log_weight=parent.log_weight,
                     finished=is_final(step, n, max_steps),
                     parent=parent.id,
                 )
@@ -162,8 +162,6 @@ def candidates_from(
     aggregation: str,
 ) -> list[Candidate]:
     """Candidates with normalised weights; identical solutions (resampled copies) are merged."""
-    from particlescale.smc import normalize
-
     w = normalize(np.asarray(log_weights, dtype=np.float64)) if len(particles) else []
     merged: dict[str, Candidate] = {}
     for p, wi in zip(particles, w, strict=True):
@@ -198,10 +196,8 @@ def trace_step(
     reference: int | None = None,
 ) -> None:
     """Record the population after step ``t`` (one node per particle)."""
-    from particlescale.smc import normalize
-
     lw = np.asarray(log_weights, dtype=np.float64)
-    norm = np.log(np.maximum(normalize(lw), 1e-300)) if lw.size else lw
+    norm = log_normalize(lw) if lw.size else lw
     nodes = []
     for p, log_w in zip(particles, norm, strict=True):
         last = p.steps[-1].text if p.steps else ""

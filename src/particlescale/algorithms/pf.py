@@ -46,9 +46,7 @@ incremental weights; with paper weights it is reported but has no such meaning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
@@ -63,13 +61,11 @@ from particlescale.algorithms.common import (
 )
 from particlescale.algorithms.config import PFConfig
 from particlescale.errors import ConfigError
-from particlescale.protocols import ContinuationScorer, GenerationSession, RewardModel
-from particlescale.smc import ess, logsumexp, normalize
+from particlescale.protocols import ContinuationScorer, GenerationSession, Progress, RewardModel
+from particlescale.smc import ess, log_normalize, logsumexp, normalize
 from particlescale.smc import resampling as resampling_schemes
 from particlescale.smc.tempering import adaptive_beta, conditional_ess
 from particlescale.types import Particle, Problem, Trace, Usage
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -194,7 +190,7 @@ async def sweep(
         beta = next_beta(cfg, t, lw, raw, prev_phi, beta_prev, done)
         new_lw = step_log_weights(cfg, beta, lw, raw, prev_phi)
         if cfg.weights == "incremental":
-            log_prev = np.log(np.maximum(normalize(lw), 1e-300))
+            log_prev = log_normalize(lw)
             log_z += logsumexp(log_prev + (new_lw - lw))
             cess.append(conditional_ess(lw + beta_prev * raw - prev_phi,
                                         (beta - beta_prev) * raw))
@@ -308,7 +304,7 @@ async def sample_reference_ancestor(
     if a == own:
         return own, reference
     new_ref = spliced[a] if rest else replace(strip_handles(population[a]), id=reference.id)
-    return a, replace(new_ref, parent=None, log_weight=0.0)
+    return a, replace(new_ref, parent=None)
 
 
 async def _propagate(

@@ -19,25 +19,29 @@ continuations, which is checked before any generation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from particlescale.algorithms.common import IdSource, aggregate, candidates_from, potential
 from particlescale.algorithms.config import PFConfig, PGConfig, PTConfig
-from particlescale.algorithms.pf import Progress, Sweep, require_continuation_scorer, sweep
-from particlescale.algorithms.runner import RunContext
-from particlescale.smc import normalize
+from particlescale.algorithms.pf import Sweep, require_continuation_scorer, sweep
+from particlescale.algorithms.runner import Outcome, RunContext
+from particlescale.protocols import Progress
+from particlescale.smc import log_normalize, normalize
 from particlescale.types import Candidate, Particle
 
 
-async def run_pf(ctx: RunContext, cfg: PFConfig, progress: Progress | None = None) -> None:
+async def run_pf(ctx: RunContext, cfg: PFConfig, progress: Progress | None = None) -> Outcome:
     result = await sweep(ctx.problem, ctx.session, ctx.reward, cfg, ctx.aggregation, ctx.rng,
                          ctx.usage, ctx.trace, IdSource(), ctx.budget, progress=progress)
-    ctx.candidates = candidates_from(result.particles, result.log_weights, ctx.aggregation)
-    ctx.info.update(log_z=result.log_z, resamplings=result.resamplings, steps=result.steps)
+    info: dict[str, Any] = {"log_z": result.log_z, "resamplings": result.resamplings,
+                            "steps": result.steps}
     if cfg.tempering != "none":
-        ctx.info["betas"] = result.betas
+        info["betas"] = result.betas
         if cfg.weights == "incremental":
-            ctx.info["cess"] = result.cess
+            info["cess"] = result.cess
+    return Outcome(candidates_from(result.particles, result.log_weights, ctx.aggregation), info)
 
 
 def _draw_reference(s: Sweep, rng: np.random.Generator) -> Particle:
@@ -48,7 +52,7 @@ def _draw_reference(s: Sweep, rng: np.random.Generator) -> Particle:
 def _pool(sweeps: list[Sweep], aggregation: str) -> list[Candidate]:
     """Candidates of several sweeps, each sweep's weights scaled by 1/len(sweeps)."""
     particles = [p for s in sweeps for p in s.particles]
-    lw = np.concatenate([np.log(np.maximum(normalize(s.log_weights), 1e-300)) for s in sweeps])
+    lw = np.concatenate([log_normalize(s.log_weights) for s in sweeps])
     return candidates_from(particles, lw, aggregation)
 
 
@@ -59,7 +63,7 @@ def split_budget(budget: int, iterations: int) -> tuple[int, int]:
     return max(1, budget // t), t
 
 
-async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = None) -> None:
+async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = None) -> Outcome:
     n, iterations = split_budget(ctx.budget, cfg.iterations)
     if cfg.ancestor_sampling:
         await require_continuation_scorer(ctx.session, getattr(ctx.generator, "name", "?"))
@@ -74,11 +78,11 @@ async def run_pg(ctx: RunContext, cfg: PGConfig, progress: Progress | None = Non
                         ancestor_sampling=cfg.ancestor_sampling)
         sweeps.append(s)
         reference = _draw_reference(s, ctx.rng)
-    ctx.candidates = _pool(sweeps, ctx.aggregation)
-    ctx.info.update(particles=n, iterations=iterations,
-                    log_z=[s.log_z for s in sweeps])
+    info: dict[str, Any] = {"particles": n, "iterations": iterations,
+                            "log_z": [s.log_z for s in sweeps]}
     if cfg.ancestor_sampling:
-        ctx.info["ancestor_moves"] = [s.ancestor_moves for s in sweeps]
+        info["ancestor_moves"] = [s.ancestor_moves for s in sweeps]
+    return Outcome(_pool(sweeps, ctx.aggregation), info)
 
 
 def temperature_ladder(cfg: PTConfig) -> list[float]:
@@ -113,7 +117,7 @@ def swap_references(refs: list[Particle | None], taus: list[float], aggregation:
     return out
 
 
-async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = None) -> None:
+async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = None) -> Outcome:
     m = cfg.chains
     per_chain = max(1, ctx.budget // m)
     n, iterations = split_budget(per_chain, cfg.iterations)
@@ -143,10 +147,11 @@ async def run_pt(ctx: RunContext, cfg: PTConfig, progress: Progress | None = Non
             if ok:
                 accepted[i] += 1
                 ctx.trace.events.append({"kind": "swap", "iteration": it + 1, "chains": [i, i + 1]})
-    ctx.candidates = _pool(target_sweeps, ctx.aggregation)
     rates = [float(a / p) if p else None for a, p in zip(accepted, proposed, strict=True)]
-    ctx.info.update(particles=n, iterations=iterations, chains=m, temperatures=taus,
-                    swaps=cfg.swap_kind(),
-                    swap_acceptance=rates[: m - 1], swaps_proposed=proposed[: m - 1].tolist())
+    info: dict[str, Any] = {"particles": n, "iterations": iterations, "chains": m,
+                            "temperatures": taus, "swaps": cfg.swap_kind(),
+                            "swap_acceptance": rates[: m - 1],
+                            "swaps_proposed": proposed[: m - 1].tolist()}
     if cfg.ancestor_sampling:
-        ctx.info["ancestor_moves"] = moves
+        info["ancestor_moves"] = moves
+    return Outcome(_pool(target_sweeps, ctx.aggregation), info)

@@ -23,7 +23,6 @@ from typing import Any
 
 from particlescale.algorithms.config import BaseConfig, PFConfig, PGConfig, PTConfig
 
-
 EXACT_WHEN = {
     "pf": "weights=incremental (any resampling, ess_threshold, tempering, aggregation)",
     "pg": "weights=incremental, tempering=none (multinomial resampling, any ess_threshold; "

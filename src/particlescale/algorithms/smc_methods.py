@@ -2,15 +2,23 @@
 
 Particle Gibbs (Puri et al., 2025, Algorithm 2) runs T conditional SMC sweeps of N particles
 (budget N*T). After each sweep a reference trajectory is drawn from the final weights; the next
-sweep keeps it in one slot, where it competes at step t with its reward at step t.
+sweep keeps it in one slot, where it competes at step t with its reward at step t. With
+incremental weights, a constant temperature and multinomial resampling each sweep leaves
+pi(x) ∝ p(x) exp(phi(x)/tau) invariant, so the references form an MCMC chain on pi; with the
+paper's weights (the default) there is no pi, and the method is the paper's heuristic
+(``algorithms.targets`` says which, in every Result's info). The answer pool averages every
+sweep's normalised population with weight 1/T.
 
 Parallel tempering runs M particle-Gibbs chains whose softmax temperatures tau_1 < ... < tau_M
-form a geometric ladder. After each iteration neighbouring chains propose to swap references,
-accepted with the Metropolis ratio of the tempered targets p(x) exp(phi(x) / tau):
+form a geometric ladder. After each iteration neighbouring chains propose to swap references
+with the Metropolis ratio of the tempered targets p(x) exp(phi(x) / tau):
 
     A = min(1, exp((1/tau_i - 1/tau_j) * (phi(x_j) - phi(x_i))))
 
-(the LM probability p(x) cancels). Budget = M*N*T; the answer comes from the tau_1 chain.
+(the LM probability p(x) cancels). That is a Metropolis move only when each chain has that
+target (incremental weights, tempering='none'; ``swaps='metropolis'``); otherwise the same
+rule is the paper's heuristic (``swaps='heuristic'``). Budget = M*N*T; the answer comes from
+the tau_1 chain.
 
 With ``ancestor_sampling=True`` every conditional sweep of either method is a PGAS sweep
 (``pf.sample_reference_ancestor``); the generator's session must be able to score

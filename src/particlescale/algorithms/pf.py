@@ -8,8 +8,10 @@ the reward r(x_{1:t}) is the potential. One sweep::
     loop t = 1, 2, ...:
         r^i_t  = PRM(x^i_{1:t}), aggregated     (finished particles keep their reward)
         phi^i_t = beta_t * transform(r^i_t)     transform = logit (paper) or log
-        paper weights:       log w^i = phi^i_t
+        paper weights:       log w^i = phi^i_t          (the current reward alone, even
+                                                     after a step that did not resample)
         incremental weights: log w^i += phi^i_t - phi^i_{t-1}   (target  p(x) r(x)^beta)
+        beta_t: constant, linear or adaptive (``next_beta``); beta_max at the last step
         stop when every particle is finished (EOS, \\boxed, or max_steps)
         if ESS/N < threshold (1.0 = always): a^i ~ resample(w)  else a^i = i
         x^i_{t+1} ~ LM(. | x^{a^i}_{1:t})  for live ancestors; finished ancestors are copied

@@ -67,7 +67,10 @@ def imports() -> dict[str, set[str]]:
                         1 if path.name == "__init__.py" else 0)]
                     base = ".".join([*pkg, node.module])
                 if base.startswith("particlescale"):
-                    deps.add(base)
+                    for alias in node.names:  # `from pkg import module` imports the module
+                        sub = SRC.parent.joinpath(*base.split("."), alias.name)
+                        is_module = sub.with_suffix(".py").exists() or sub.is_dir()
+                        deps.add(f"{base}.{alias.name}" if is_module else base)
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name.startswith("particlescale"))
         out[mod] = deps

@@ -41,10 +41,10 @@ from report import write_section
 
 from particlescale.aggregation import aggregate
 from particlescale.answers import normalize_answer
+from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.rewards.value import ValueReward
+from particlescale.rewards.value_head import ValueHead, auc, within_problem_auc
 from particlescale.types import Problem, Usage
-from particlescale.value.head import ValueHead, auc, within_problem_auc
-from particlescale.value.train import SampleSet, fit_from_sets
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 

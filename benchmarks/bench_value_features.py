@@ -50,10 +50,10 @@ from report import write_section
 
 from particlescale.backends.llamacpp.engine import LlamaEngine, _llama
 from particlescale.eval.datasets import load_dataset
+from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
-from particlescale.value.head import auc, fit_head, within_problem_auc
-from particlescale.value.train import SampleSet, fit_from_sets
+from particlescale.rewards.value_head import auc, fit_head, within_problem_auc
 
 MODEL = "qwen2.5-0.5b"
 DELIM = SamplingParams().delimiter  # the step text layout the engine generated

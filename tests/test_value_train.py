@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from particlescale.eval.value_train import SampleSet, collect
 from particlescale.models import is_pulled
 from particlescale.protocols import SamplingParams
+from particlescale.rewards.value_head import ValueHead, model_sha256
 from particlescale.types import Problem
-from particlescale.value.head import ValueHead, model_sha256
-from particlescale.value.train import SampleSet, collect
 
 pytest.importorskip("llama_cpp")
 pytestmark = [

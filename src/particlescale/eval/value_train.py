@@ -32,8 +32,8 @@ from particlescale.algorithms.common import IdSource, extend, is_final, rollout
 from particlescale.answers import extract_answer
 from particlescale.errors import ConfigError
 from particlescale.protocols import Generator, SamplingParams
+from particlescale.rewards.value_head import ValueHead, fit_head
 from particlescale.types import Particle, Problem, Step, Usage
-from particlescale.value.head import ValueHead, fit_head
 
 
 @dataclass
@@ -134,7 +134,7 @@ class SampleSet:
 
 def is_correct(gold: str, text: str) -> bool:
     """Numeric grading of a GSM8K-style answer (the training sets here are numeric)."""
-    from particlescale.eval.grading import grade_numeric
+    from particlescale.quick_grading import grade_numeric
 
     g = grade_numeric(gold, extract_answer(text), lenient=True)
     return bool(g and g.correct)

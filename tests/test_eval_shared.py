@@ -18,7 +18,7 @@ from particlescale.protocols import SamplingParams
 from particlescale.types import Particle, Problem, Usage
 from test_eval_sweep import config, latest
 
-from scripted import ScriptedReward
+from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 
 BASELINES = ("self-consistency", "best-of-n", "weighted-best-of-n")
 
@@ -133,6 +133,59 @@ def test_a_replay_that_asks_for_other_samples_is_an_error():
     with pytest.raises(ReplayMismatch, match="sampling settings"):
         other.session(problem, SamplingParams(temperature=0.5), np.random.default_rng(1),
                       Usage())
+
+
+class ToEndSession(ScriptedSession):
+    """A scripted session offering barrier-free sampling (as the llama.cpp one does)."""
+
+    async def extend_to_end(self, parents, children, final):
+        out = []
+        for parent, k in zip(parents, children, strict=True):
+            kids = []
+            for _ in range(k):
+                p, steps = parent, []
+                while not steps or not final(steps[-1], len(p.steps)):
+                    (step,), = await self.extend([p], [1])
+                    steps.append(step)
+                    p = Particle(id=0, steps=(*p.steps, step))
+                kids.append(steps)
+            out.append(kids)
+        return out
+
+
+class ToEndGenerator(ScriptedGenerator):
+    def session(self, problem, params, rng, usage):
+        return ToEndSession(self, params, rng, usage)
+
+
+def test_barrier_free_sampling_is_replayed_only_where_the_drawing_session_offered_it():
+    problem, params = Problem("q?", id="a"), SamplingParams()
+    gen = ToEndGenerator(eval_plugin.dist, horizon=2)
+    recording = Recording(gen)
+    usage = Usage()
+    s = recording.session(problem, params, np.random.default_rng(0), usage)
+
+    def final(step, n):
+        return step.finish == "eos"
+
+    drawn = asyncio.run(s.extend_to_end([Particle(id=0)], [4], final))
+    assert usage.generated_tokens == 8 and len(drawn[0]) == 4
+    again = Usage()
+    r = Replay(recording, "self-consistency").session(problem, params,
+                                                      np.random.default_rng(1), again)
+    got = asyncio.run(r.extend_to_end([Particle(id=0)], [4], final))
+    assert [[st.text for st in kid] for kid in got[0]] == [[st.text for st in kid]
+                                                          for kid in drawn[0]]
+    assert all(st.handle is None for kid in got[0] for st in kid) and again.generated_tokens == 8
+    other = Replay(recording, "x").session(problem, params, np.random.default_rng(1), Usage())
+    with pytest.raises(ReplayMismatch):  # an extend where the drawing run called extend_to_end
+        asyncio.run(other.extend([Particle(id=0)], [4]))
+    # a session without it: neither the recording nor the replay pretends to have it
+    plain = Recording(eval_plugin.generator())
+    assert not hasattr(plain.session(problem, params, np.random.default_rng(0), Usage()),
+                       "extend_to_end")
+    assert not hasattr(Replay(plain, "x").session(problem, params, np.random.default_rng(0),
+                                                  Usage()), "extend_to_end")
 
 
 @pytest.mark.model

@@ -9,8 +9,10 @@ they share one sample set per (problem, seed, budget, sampling settings, reward 
     for each other member of the group:
         row  = asolve(problem, method=member, generator=Replay(recorder))   # no LM call
 
-The replay answers every ``extend`` call with the steps the drawing run got for the same call,
-after checking the call is the same one (same parents, same numbers of children): each member
+The replay answers every ``extend`` call (and ``extend_to_end``, the barrier-free sampling of
+sessions that offer it: the replay offers it exactly when the drawing session did) with the
+steps the drawing run got for the same call, after checking the call is the same one (same
+parents, same numbers of children): each member
 runs its *own* code on the shared samples, so its answer, candidates and tie-breaks are exactly
 what it would give on those samples. The reward is called again; reward models cache scores by
 prefix, so scoring the same solutions a second time costs a cache lookup.
@@ -25,8 +27,9 @@ generated tokens, zero for a row that replayed (see :mod:`particlescale.eval.swe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -40,11 +43,12 @@ GENERATION_USAGE = ("lm_calls", "prompt_tokens", "generated_tokens")
 
 @dataclass
 class Call:
-    """One ``extend`` call of the drawing run: what was asked, what came back, what it cost."""
+    """One call of the drawing run: what was asked, what came back, what it cost."""
 
+    kind: str  # "extend" or "extend_to_end"
     parents: tuple[tuple[str, ...], ...]
     children: tuple[int, ...]
-    steps: list[list[Step]]
+    steps: list[Any]  # extend: list[list[Step]]; extend_to_end: list[list[list[Step]]]
     usage: dict[str, int]
     seconds: float
 
@@ -53,7 +57,18 @@ class Call:
 class SessionRecord:
     problem_id: str
     params: SamplingParams
+    to_end: bool  # the session offered extend_to_end
     calls: list[Call] = field(default_factory=list)
+
+
+def _strip(x: Any) -> Any:
+    """Steps without their handles (the backend's state, consumed or released by the drawing
+    run), in the same nesting."""
+    return replace(x, handle=None) if isinstance(x, Step) else [_strip(y) for y in x]
+
+
+def _copy(x: Any) -> Any:
+    return x if isinstance(x, Step) else [_copy(y) for y in x]
 
 
 def _signature(parents: Sequence[Particle], children: Sequence[int]
@@ -67,14 +82,29 @@ class _RecordingSession:
 
     async def extend(self, parents: Sequence[Particle], children: Sequence[int]
                      ) -> list[list[Step]]:
+        out = self.inner.extend(parents, children)
+        return await self._call("extend", parents, children, out)
+
+    def __getattr__(self, name: str) -> Any:  # offered only when the drawing session had it
+        record = self.__dict__.get("record")
+        if name == "extend_to_end" and record is not None and record.to_end:
+            return self._extend_to_end
+        raise AttributeError(name)
+
+    async def _extend_to_end(self, parents: Sequence[Particle], children: Sequence[int],
+                             final: Callable[[Step, int], bool]) -> list[list[list[Step]]]:
+        inner = self.inner.extend_to_end(parents, children, final)  # type: ignore[attr-defined]
+        return await self._call("extend_to_end", parents, children, inner)
+
+    async def _call(self, kind: str, parents: Sequence[Particle], children: Sequence[int],
+                    call: Any) -> Any:
         before = {k: getattr(self.usage, k) for k in GENERATION_USAGE}
         t0 = time.perf_counter()
-        out = await self.inner.extend(parents, children)
+        out = await call
         seconds = time.perf_counter() - t0
         parent_texts, counts = _signature(parents, children)
-        # Handles are the backend's state (consumed or released by the drawing run): not kept.
         self.record.calls.append(Call(
-            parent_texts, counts, [[replace(s, handle=None) for s in row] for row in out],
+            kind, parent_texts, counts, _strip(out),
             {k: getattr(self.usage, k) - before[k] for k in GENERATION_USAGE}, seconds))
         return out
 
@@ -95,9 +125,10 @@ class Recording:
 
     def session(self, problem: Problem, params: SamplingParams, rng: np.random.Generator,
                 usage: Usage) -> GenerationSession:
-        record = SessionRecord(problem.id, params)
+        inner = self.inner.session(problem, params, rng, usage)
+        record = SessionRecord(problem.id, params, hasattr(inner, "extend_to_end"))
         self.sessions.append(record)
-        return _RecordingSession(self.inner.session(problem, params, rng, usage), record, usage)
+        return _RecordingSession(inner, record, usage)
 
     @property
     def generated_tokens(self) -> int:
@@ -120,10 +151,24 @@ class _ReplaySession:
 
     async def extend(self, parents: Sequence[Particle], children: Sequence[int]
                      ) -> list[list[Step]]:
+        return self._replay("extend", parents, children)
+
+    def __getattr__(self, name: str) -> Any:  # offered only when the drawing session had it
+        record = self.__dict__.get("record")
+        if name == "extend_to_end" and record is not None and record.to_end:
+            return self._extend_to_end
+        raise AttributeError(name)
+
+    async def _extend_to_end(self, parents: Sequence[Particle], children: Sequence[int],
+                             final: Callable[[Step, int], bool]) -> list[list[list[Step]]]:
+        return self._replay("extend_to_end", parents, children)
+
+    def _replay(self, kind: str, parents: Sequence[Particle], children: Sequence[int]) -> Any:
         i = self.next
         parent_texts, counts = _signature(parents, children)
         calls = self.record.calls
-        if i >= len(calls) or calls[i].parents != parent_texts or calls[i].children != counts:
+        if i >= len(calls) or (calls[i].kind, calls[i].parents, calls[i].children) != (
+                kind, parent_texts, counts):
             raise ReplayMismatch(
                 f"shared samples: {self.method} made generator call {i + 1} differently from "
                 f"the run that drew the samples of {self.record.problem_id!r}; methods that "
@@ -132,7 +177,7 @@ class _ReplaySession:
         call = calls[i]
         for k, v in call.usage.items():
             setattr(self.usage, k, getattr(self.usage, k) + v)
-        return [list(row) for row in call.steps]
+        return _copy(call.steps)
 
     def release(self, particles: Iterable[Particle]) -> None:
         pass  # nothing is held

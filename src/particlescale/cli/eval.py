@@ -65,7 +65,7 @@ def eval_command(
         "aside).")] = False,
     reuse_samples: Annotated[bool, typer.Option(
         help="Sampling baselines at smaller budgets from subsets of the largest budget's "
-        "samples.")] = False,
+        "samples (they always share one sample set per problem, seed and budget).")] = False,
     traces: Annotated[bool, typer.Option(help="Write one trace JSON per task under DIR/traces.")
                       ] = False,
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
@@ -116,7 +116,8 @@ def print_summary(s: SweepSummary, console: Console) -> None:
         console.print("dropped a torn last line of results.jsonl (an interrupted write)")
     console.print(
         f"{s.out}: {s.planned} results planned, {s.skipped} already done, {s.ran} run, "
-        f"{s.derived} derived from larger budgets, {s.errors} failed"
+        f"{s.shared} on another method's samples, {s.derived} derived from larger budgets, "
+        f"{s.errors} failed"
     )
     for e in s.error_examples:
         console.print(f"  failed: {e}")

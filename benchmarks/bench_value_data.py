@@ -2,7 +2,7 @@
 
 The value head's within-problem AUC is what pf's weights need, and it sits near 0.7 on
 GSM8K test. This benchmark asks whether the number of training problems is what holds it
-there: heads are fitted (``value.train.fit_from_sets``, exactly as ``train-prm`` fits them)
+there: heads are fitted (``eval.value_train.fit_from_sets``, exactly as ``train-prm`` fits them)
 on seeded random subsets of the ``train-prm`` shards, ``--repeats`` subsets per size, and
 each is scored on the ``bench_value`` test shards:
 

@@ -54,7 +54,13 @@ def imports() -> dict[str, set[str]]:
     for path in SRC.rglob("*.py"):
         mod = module_name(path)
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # annotations only: never run, no real dependency
+                continue
             if isinstance(node, ast.ImportFrom) and node.module:
                 base = node.module
                 if node.level:  # relative import

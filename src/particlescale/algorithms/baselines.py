@@ -18,6 +18,8 @@ from particlescale.algorithms.common import (
     IdSource,
     aggregate,
     candidates_from,
+    complete,
+    extend,
     rollout,
     score_particles,
     trace_step,
@@ -30,6 +32,9 @@ from particlescale.types import Particle
 
 async def _sample(ctx: RunContext, cfg: BaseConfig, n: int, progress: Progress | None,
                   band: str) -> list[Particle]:
+    """n independent solutions. Independent samples need no step barrier: a session with
+    ``extend_to_end`` (the embedded engine) samples them in one job that never holds the batch
+    at a step end; others go step by step (``rollout``), reporting progress after each."""
     ids = IdSource()
     root = Particle(id=ids())
 
@@ -39,8 +44,10 @@ async def _sample(ctx: RunContext, cfg: BaseConfig, n: int, progress: Progress |
                       "live": sum(not p.finished for p in population),
                       "finished": sum(p.finished for p in population)})
 
-    from particlescale.algorithms.common import extend
-
+    if hasattr(ctx.session, "extend_to_end"):
+        (done,) = await complete(ctx.session, [root], n, ids, cfg.max_steps)
+        on_step(max(len(p.steps) for p in done), done)
+        return done
     first = await extend(ctx.session, [root], [n], ids, cfg.max_steps)
     ctx.session.release([p for p in first if p.finished])
     on_step(1, first)

@@ -156,6 +156,35 @@ async def rollout(
     return population
 
 
+async def complete(
+    session: GenerationSession,
+    parents: Sequence[Particle],
+    k: int,
+    ids: IdSource,
+    max_steps: int,
+    *,
+    barrier: bool = False,
+) -> list[list[Particle]]:
+    """``k`` independent completions of each parent, to the end of the solution.
+
+    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, all
+    of them are sampled in one engine job that never holds the batch at a step end
+    (independent samples need no step barrier); otherwise with ``rollout``, which ends every
+    step of every particle before starting the next.
+    """
+    to_end = getattr(session, "extend_to_end", None)
+    if barrier or to_end is None:
+        first = await extend(session, parents, [k] * len(parents), ids, max_steps)
+        session.release([p for p in first if p.finished])
+        done = await rollout(session, first, ids, max_steps)
+        return [done[i * k:(i + 1) * k] for i in range(len(parents))]
+    runs = await to_end(list(parents), [k] * len(parents), lambda s, n: is_final(s, n, max_steps))
+    out = [[Particle(id=ids(), steps=(*parent.steps, *steps), parent=parent.id, finished=True)
+            for steps in kids] for parent, kids in zip(parents, runs, strict=True)]
+    session.release([p for kids in out for p in kids])
+    return out
+
+
 def candidates_from(
     particles: Sequence[Particle],
     log_weights: Sequence[float] | np.ndarray,

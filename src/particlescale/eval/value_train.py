@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from particlescale.algorithms.common import IdSource, extend, is_final, rollout
+from particlescale.algorithms.common import IdSource, complete
 from particlescale.answers import extract_answer
 from particlescale.errors import ConfigError
 from particlescale.protocols import Generator, SamplingParams
@@ -138,35 +138,6 @@ def is_correct(gold: str, text: str) -> bool:
 
     g = grade_numeric(gold, extract_answer(text), lenient=True)
     return bool(g and g.correct)
-
-
-async def complete(
-    session: Any,
-    parents: Sequence[Particle],
-    k: int,
-    ids: IdSource,
-    max_steps: int,
-    *,
-    barrier: bool = False,
-) -> list[list[Particle]]:
-    """``k`` independent completions of each parent, to the end of the solution.
-
-    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, all
-    of them are sampled in one engine job that never holds the batch at a step end
-    (independent samples need no step barrier); otherwise with ``rollout``, which ends every
-    step of every particle before starting the next.
-    """
-    to_end = getattr(session, "extend_to_end", None)
-    if barrier or to_end is None:
-        first = await extend(session, parents, [k] * len(parents), ids, max_steps)
-        session.release([p for p in first if p.finished])
-        done = await rollout(session, first, ids, max_steps)
-        return [done[i * k:(i + 1) * k] for i in range(len(parents))]
-    runs = await to_end(list(parents), [k] * len(parents), lambda s, n: is_final(s, n, max_steps))
-    out = [[Particle(id=ids(), steps=(*parent.steps, *steps), parent=parent.id, finished=True)
-            for steps in kids] for parent, kids in zip(parents, runs, strict=True)]
-    session.release([p for kids in out for p in kids])
-    return out
 
 
 async def sample_problem(

@@ -22,6 +22,7 @@ from particlescale.rewards.reference import (
     START,
     STATE_VALUES,
     ReferenceReward,
+    one_step_values,
     reference_values,
     step_state,
 )
@@ -66,9 +67,24 @@ def test_arith_equations_state_their_results() -> None:
     ("48/2 = 25 clips.", "fail"),
     ("Let us add the clips of the two months.", "none"),
     ("She sold 24 clips in May.", "none"),  # states a number, computes nothing
+    # units written in LaTeX between operands do not hide the equation (arith's blind spot)
+    ("\\(48 \\text{ clips} \\div 2 = 24 \\text{ clips}\\)", "hit"),
+    ("```python\nprint(48 + 48 / 2)\n```\n```output\n72.0\n```", "hit"),  # printed output
+    ("```output\n96\n```", "off"),
 ])
 def test_step_states(text: str, state: str) -> None:
     assert step_state(text, reference_values(NATALIA.reference or "")) == state
+
+
+def test_one_step_routes_are_near_only_when_asked() -> None:
+    refs = reference_values(NATALIA.reference or "")
+    near = one_step_values(NATALIA.question, refs)
+    assert Fraction(96) in {v for v, _ in near}  # 48 * 2: one operation from the question
+    assert step_state("48 * 2 = 96", refs, near) == "near"
+    assert step_state("48 * 2 = 96", refs) == "off"
+    assert step_state("48 * 3 = 144, then 144 - 1 = 143", refs, near) == "off"
+    r = ReferenceReward(near=0.7)
+    assert score(r, NATALIA, [Step("48 * 2 = 96")])[0] == [0.7]
 
 
 def test_rounded_values_match_where_either_side_was_written_with_decimals() -> None:

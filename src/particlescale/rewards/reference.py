@@ -54,6 +54,11 @@ START = 0.5
 PREFIX_AGGREGATIONS = ("mean", "min", "last")
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
+# Units and labels written in LaTeX text between operands ("60 \\text{ m} \\times 3"): arith
+# breaks a chain at them, so they are dropped before its extraction (here only).
+_UNITS = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}")
+# A code block's printed output states what the code computed.
+_OUTPUT = re.compile(r"```output\s*\n(.*?)(?:\n```|$)", re.S)
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
 
 
@@ -97,15 +102,57 @@ def _matches(value: Fraction, unit: Fraction | None,
     return False
 
 
-def step_state(text: str, refs: Sequence[tuple[Fraction, Fraction | None]]) -> str:
-    """``fail``, ``hit``, ``part``, ``off`` or ``none`` (see the module docstring)."""
-    eqs = equations(text)
-    if not eqs:
+def step_results(text: str) -> tuple[list[tuple[tuple[Fraction, ...], Fraction | None]], bool]:
+    """The quantities a step computes (the readings of each, with the unit it was written
+    to) and whether all of its arithmetic holds."""
+    eqs = equations(_UNITS.sub(" ", text))
+    found = [(e.result, e.result_unit) for e in eqs]
+    for block in _OUTPUT.findall(text):
+        for tok in block.split():
+            got = _number(tok)
+            if got is not None:
+                found.append(((got[0],), got[1]))
+    return found, all(e.holds for e in eqs)
+
+
+def one_step_values(question: str, refs: Sequence[tuple[Fraction, Fraction | None]]
+                    ) -> list[tuple[Fraction, Fraction | None]]:
+    """Values one operation (+ - * /) away from two of the question's numbers and the
+    reference values: the intermediate results of routes the reference does not take."""
+    base = {v for v, _ in refs}
+    for tok in re.findall(r"\d[\d,]*(?:\.\d+)?|\.\d+", question):
+        got = _number(tok)
+        if got is not None:
+            base.add(got[0])
+    vals = sorted(base)
+    out = set()
+    for i, a in enumerate(vals):
+        for b in vals[i:]:
+            out.update((a + b, a * b, abs(a - b)))
+            if b:
+                out.add(a / b)
+            if a:
+                out.add(b / a)
+    return [(v, None) for v in sorted(out - base)]
+
+
+def step_state(text: str, refs: Sequence[tuple[Fraction, Fraction | None]],
+               near: Sequence[tuple[Fraction, Fraction | None]] = ()) -> str:
+    """``fail``, ``hit``, ``part``, ``off`` or ``none`` (see the module docstring); with
+    ``near`` values, ``near`` for a step whose quantities are all reference values or near
+    ones, some of them near."""
+    found, holds = step_results(text)
+    if not found:
         return "none"
-    if not all(e.holds for e in eqs):
+    if not holds:
         return "fail"
-    on = [any(_matches(v, e.result_unit, refs) for v in e.result) for e in eqs]
-    return "hit" if all(on) else "part" if any(on) else "off"
+    on = [any(_matches(v, unit, refs) for v in values) for values, unit in found]
+    if all(on):
+        return "hit"
+    if near and all(o or any(_matches(v, unit, near) for v in values)
+                    for o, (values, unit) in zip(on, found, strict=True)):
+        return "near"
+    return "part" if any(on) else "off"
 
 
 def _logit(p: float) -> float:
@@ -131,7 +178,8 @@ class ReferenceReward:
 
     def __init__(self, *, noise: float = 0.0, seed: int = 0, aggregation: str = "mean",
                  state_values: dict[str, float] | None = None,
-                 final_values: tuple[float, float] = FINAL_VALUES) -> None:
+                 final_values: tuple[float, float] = FINAL_VALUES,
+                 near: float | None = None) -> None:
         if isinstance(noise, bool) or not isinstance(noise, int | float) or \
                 not math.isfinite(noise) or noise < 0:
             raise ConfigError(f"reference: noise must be a number >= 0 (the scale of the "
@@ -142,6 +190,8 @@ class ReferenceReward:
             raise ConfigError(f"reference: aggregation must be one of "
                               f"{', '.join(PREFIX_AGGREGATIONS)}, got {aggregation!r}")
         self.values = {**STATE_VALUES, **(state_values or {})}
+        if near is not None:
+            self.values["near"] = near
         for k, v in (*self.values.items(), ("final wrong", final_values[0]),
                      ("final right", final_values[1])):
             if not 0 < v < 1:
@@ -152,10 +202,13 @@ class ReferenceReward:
         self.final_values = final_values
         if noise:
             self.name = f"reference:noise={self.noise:g}" + (f",seed={seed}" if seed else "")
-        self._refs: dict[tuple[str, str], list[tuple[Fraction, Fraction | None]]] = {}
+        self.near = near is not None
+        self._refs: dict[tuple[str, str], tuple[list[tuple[Fraction, Fraction | None]],
+                                                list[tuple[Fraction, Fraction | None]]]] = {}
         self._states: dict[tuple[str, str], str] = {}
 
-    def _references(self, problem: Problem) -> list[tuple[Fraction, Fraction | None]]:
+    def _references(self, problem: Problem) -> tuple[list[tuple[Fraction, Fraction | None]],
+                                                     list[tuple[Fraction, Fraction | None]]]:
         if not problem.reference:
             raise ConfigError(
                 f"reward 'reference': problem {problem.id!r} has no worked solution "
@@ -163,16 +216,18 @@ class ReferenceReward:
                 "gsm8k")
         key = (problem.id, problem.reference)
         if key not in self._refs:
-            self._refs[key] = reference_values(problem.reference)
+            refs = reference_values(problem.reference)
+            near = one_step_values(problem.question, refs) if self.near else []
+            self._refs[key] = (refs, near)
         return self._refs[key]
 
-    def _state(self, problem_id: str, text: str, refs: Sequence[tuple[Fraction, Fraction | None]]
-               ) -> str:
+    def _state(self, problem_id: str, text: str, refs: tuple[Sequence[tuple[Fraction,
+               Fraction | None]], Sequence[tuple[Fraction, Fraction | None]]]) -> str:
         key = (problem_id, text)
         if key not in self._states:
             if len(self._states) > 100_000:
                 self._states.clear()
-            self._states[key] = step_state(text, refs)
+            self._states[key] = step_state(text, *refs)
         return self._states[key]
 
     def clean_scores(self, problem: Problem, steps: Sequence[Step]) -> list[float]:

@@ -21,13 +21,19 @@ FinishReason = Literal["step", "eos", "length"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One question to solve. ``answer`` is the gold answer when known (evaluation only)."""
+    """One question to solve. ``answer`` is the gold answer when known (evaluation only).
+
+    ``reference`` is a worked solution (GSM8K's, with ``<<expr=value>>`` annotations) when
+    the dataset has one: privileged, like ``answer``. Only instruments read it (the
+    ``reference`` reward); generators see ``question`` and ``system_prompt`` only, and it is
+    kept out of ``repr`` so that logs do not carry it."""
 
     question: str
     id: str = "problem"
     answer: str | None = None
     system_prompt: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not self.question.strip():

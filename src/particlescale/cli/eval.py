@@ -15,9 +15,11 @@ from rich.console import Console
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
 from particlescale.eval.backends import DEFAULT_GENERATOR, BackendSpec
-from particlescale.eval.datasets import PROFILES, Selection, load_dataset
+from particlescale.eval.datasets import PROFILES, Dataset, Selection, load_dataset
 from particlescale.eval.specs import parse_budgets, parse_methods, parse_options, parse_seeds
 from particlescale.eval.sweep import SweepConfig, SweepSummary, run_sweep
+from particlescale.rewards.combine import parse_spec
+from particlescale.rewards.registry import make_reward, spec_uses_answer_key
 
 PAPER_METHODS = "pf,pg,greedy,self-consistency,best-of-n,weighted-best-of-n,beam,dvts"
 
@@ -97,6 +99,15 @@ def eval_command(
         traces=traces, grader_workers=grading_workers, grading_timeout_s=grading_timeout,
     )
     console = Console(stderr=True)
+    if reward is not None and spec_uses_answer_key(reward):
+        for _, name in parse_spec(reward):
+            if name.partition(":")[0].strip() == "reference":
+                make_reward(name)  # its options (noise >= 0, ...) before any model load
+        check_answer_key(ds)
+        console.print(f"note: reward {reward!r} uses the answer key (each problem's worked "
+                      "solution): an instrument for studying the algorithms; its accuracies are "
+                      "not the system's accuracy", markup=False, highlight=False,
+                      soft_wrap=True)
     sink = None
     if progress:
         from particlescale.eval.progress import RichProgress
@@ -109,6 +120,17 @@ def eval_command(
     else:
         summary = run_sweep(cfg, progress=sink)
     print_summary(summary, console)
+
+
+def check_answer_key(ds: Dataset) -> None:
+    """``reference`` needs every problem's worked solution: one line naming what is missing."""
+    missing = [p.id for p in ds.problems if not p.reference]
+    if missing:
+        raise ConfigError(
+            f"reward 'reference': dataset {ds.name!r} has no worked solutions (field "
+            f"'reference' of {len(missing)} of its {len(ds)} problems, e.g. {missing[0]!r}); "
+            "it needs GSM8K-style solutions with <<expr=value>> steps: use -d gsm8k, or a JSONL "
+            "file with --answer-extractor gsm8k")
 
 
 def print_summary(s: SweepSummary, console: Console) -> None:

@@ -55,7 +55,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def _check_inputs(question: str, method: str, options: dict[str, Any], budget: int,
                   seed: int | None, reward: str, trace: Path | None) -> None:
     from particlescale.rewards.combine import parse_spec
-    from particlescale.rewards.registry import REWARDS
+    from particlescale.rewards.registry import REWARDS, make_reward
 
     if not question.strip():
         raise ConfigError("question: is empty; pass the problem text, e.g. "
@@ -70,6 +70,12 @@ def _check_inputs(question: str, method: str, options: dict[str, Any], budget: i
         if prefix not in REWARDS:
             raise ConfigError(f"--reward: unknown {prefix!r}; choose one of {', '.join(REWARDS)} "
                               "or combine them, e.g. 'judge+arith'")
+        if prefix == "reference":
+            make_reward(name)  # a bad option (noise < 0, ...) is named first
+            raise ConfigError("--reward: 'reference' scores by a worked solution (the answer "
+                              "key) and a question given to solve has none; it is an "
+                              "instrument for datasets that carry one: particlescale eval -d "
+                              "gsm8k --reward reference")
     if trace is not None and not trace.expanduser().resolve().parent.is_dir():
         raise ConfigError(f"--trace: the folder of {str(trace)!r} does not exist")
 

@@ -43,12 +43,15 @@ _META_MAX_CHARS = 200
 
 @dataclass(frozen=True)
 class FieldMap:
-    """Which JSON fields hold the question, the gold answer and the id (None = line number)."""
+    """Which JSON fields hold the question, the gold answer and the id (None = line number),
+    and the worked solution (``reference``: privileged, read only by the ``reference``
+    reward; None = the dataset has none)."""
 
     question: str = "question"
     answer: str | None = "answer"
     id: str | None = None
     extractor: Extractor = "plain"
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,11 @@ PROFILES: dict[str, Profile] = {
                 "numeric", "AIME 2024 (30 problems, integer answers 0-999)"),
         Profile("amc2023", "amc2023.jsonl", FieldMap("problem", "answer", "unique_id"),
                 "numeric", "AMC 2023 (40 problems, numeric answers)"),
-        Profile("gsm8k", "gsm8k_test.jsonl", FieldMap("question", "answer", None, "gsm8k"),
+        Profile("gsm8k", "gsm8k_test.jsonl", FieldMap("question", "answer", None, "gsm8k",
+                                                      "answer"),
                 "numeric", "GSM8K test (1319 grade-school word problems)"),
-        Profile("gsm8k-train", "gsm8k_train.jsonl", FieldMap("question", "answer", None, "gsm8k"),
+        Profile("gsm8k-train", "gsm8k_train.jsonl", FieldMap("question", "answer", None, "gsm8k",
+                                                             "answer"),
                 "numeric", "GSM8K train (for anything that learns; report on test sets)"),
     ]
 }
@@ -93,8 +98,8 @@ HF_SOURCES: dict[str, HFSource] = {
     for s in [
         HFSource("HuggingFaceH4/MATH-500", None, "test", FieldMap("problem", "answer", "unique_id"),
                  "math"),
-        HFSource("openai/gsm8k", "main", "test", FieldMap("question", "answer", None, "gsm8k"),
-                 "numeric"),
+        HFSource("openai/gsm8k", "main", "test", FieldMap("question", "answer", None, "gsm8k",
+                                                          "answer"), "numeric"),
         HFSource("HuggingFaceH4/aime_2024", None, "train", FieldMap("problem", "answer", "id"),
                  "numeric"),
     ]
@@ -188,6 +193,8 @@ def load_dataset(
             raise DatasetError(f"dataset: file {spec!r} not found; pass an existing JSONL path "
                                f"or one of {', '.join(PROFILES)}")
         fields = _override(FieldMap(), overrides)
+        if fields.extractor == "gsm8k" and fields.answer is not None:
+            fields = replace(fields, reference=fields.answer)  # GSM8K-style worked solutions
         ds = Dataset(path.stem, str(path.resolve()), fields, grading or "math",
                      _rows_to_problems(_read_jsonl(path), fields, str(path)))
     elif "/" in spec:
@@ -285,10 +292,15 @@ def _rows_to_problems(rows: Iterable[tuple[int, dict[str, Any]]], fields: FieldM
             raise DatasetError(f"{where}: line {n}: id {pid!r} repeats line {seen[pid]}; "
                                "choose a unique --id-field or omit it to number the lines")
         seen[pid] = n
-        used = {fields.question, fields.answer, fields.id}
+        reference = None
+        if fields.reference is not None:
+            raw_ref = _field(row, fields.reference, "reference", n, where)
+            reference = raw_ref if isinstance(raw_ref, str) and raw_ref.strip() else None
+        used = {fields.question, fields.answer, fields.id, fields.reference}
         meta = {k: v for k, v in row.items() if k not in used and _short_scalar(v)}
         meta["line"] = n
-        problems.append(Problem(question=question, id=pid, answer=gold, metadata=meta))
+        problems.append(Problem(question=question, id=pid, answer=gold, metadata=meta,
+                                reference=reference))
     return problems
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from particlescale.errors import ConfigError
 from particlescale.eval.specs import BUDGET_FREE
 from particlescale.eval.store import RESULTS, load_rows, read_config
+from particlescale.rewards.registry import spec_uses_answer_key
 
 Z95 = 1.959963984540054
 
@@ -195,6 +196,10 @@ def build_report(rows: list[dict[str, Any]], config: dict[str, Any] | None = Non
           f"`{be.get('reward') or 'default'}`; common options `{cfg.get('options') or {}}`.",
           "Accuracy in % over finished rows (problem x seed) with a 95% Wilson interval; "
           "failed rows are counted apart."]
+    if spec_uses_answer_key(str(be.get("reward") or "")):
+        md.append("**Answer key:** the reward reads each problem's worked solution "
+                  "(`reference`): these accuracies measure the algorithms under a PRM of known "
+                  "quality; they are not the system's accuracy.")
     if any(_is_budget_free(m) for m in methods):
         md.append("Greedy does not depend on the budget: it runs once and is repeated across "
                   "columns.")

@@ -333,10 +333,17 @@ def _first_side(tokens: Sequence[Token], after_word: bool) -> Side | None:
 
 @dataclass(frozen=True)
 class Equation:
+    """``lhs relation rhs`` and whether it holds. ``result`` is what the equation states the
+    quantity to be: the readings of its right side (two for ``25%``: 0.25 and 25);
+    ``result_unit`` the unit of its last written digit when it was written with decimals
+    (it may be rounded: ``10/3 = 3.33``), else None."""
+
     lhs: str
     rhs: str
     relation: str
     holds: bool
+    result: tuple[Fraction, ...] = ()
+    result_unit: Fraction | None = None
 
 
 def _readings(side: Side) -> list[tuple[Fraction, Fraction | None]]:
@@ -391,7 +398,9 @@ def equations(text: str, rel_tol: float = 1e-6) -> list[Equation]:
             if a is None or b is None or (a.written and b.written):
                 continue  # nothing computed: "5 = 5", "60 = 40%"
             holds = _close(a, b, rel == "≈", rel_tol)
-            found.append(Equation(a.text, b.text, rel, holds))
+            unit = Fraction(1, 10**b.decimals) if b.written and b.decimals else None
+            found.append(Equation(a.text, b.text, rel, holds,
+                                  tuple(v for v, _ in _readings(b)), unit))
     return found
 
 

@@ -12,6 +12,9 @@ A spec is one reward or a weighted product of rewards (see :mod:`particlescale.r
     value:PATH                 ... a head trained with `particlescale train-prm`
     vllm-prm:URL               Qwen2.5-Math-PRM served by vLLM /pooling
     math-shepherd:URL          Math-Shepherd PRM served by vLLM STEP pooling
+    reference                  answer-key PRM from the problem's worked solution (an instrument
+                               for studying algorithms: it uses the answer key)
+    reference:noise=S          ... with Gaussian noise of scale S in logit space (,seed=N)
     judge+arith, 0.5*arith+judge, arith*logprob     products of experts
 
 Each name is ``PREFIX`` or ``PREFIX:ARG``; :data:`REWARDS` maps a prefix to a builder
@@ -59,6 +62,29 @@ def _judge(arg: str | None, generator: Generator | None) -> RewardModel:
     return make_local_judge(arg, generator)
 
 
+def _reference(arg: str | None, generator: Generator | None) -> RewardModel:
+    from particlescale.rewards.reference import ReferenceReward, parse_options
+
+    return ReferenceReward(**parse_options(arg))  # type: ignore[arg-type]
+
+
+def uses_answer_key(reward: object) -> bool:
+    """Whether ``reward`` (or a part of a combination) reads the answer key (``reference``)."""
+    parts = getattr(reward, "parts", None)
+    if parts is not None:
+        return any(uses_answer_key(r) for _, r in parts)
+    return bool(getattr(reward, "uses_answer_key", False))
+
+
+def spec_uses_answer_key(spec: str) -> bool:
+    """Whether a reward spec names ``reference`` (without building it)."""
+    try:
+        terms = parse_spec(spec)
+    except ConfigError:
+        return False
+    return any(name.partition(":")[0].strip() == "reference" for _, name in terms)
+
+
 def _served(name: str, arg: str | None) -> str:
     if not arg or not arg.startswith(("http://", "https://")):
         raise ConfigError(f"reward {name!r} needs a server URL, e.g. {name}:http://host:8001")
@@ -104,6 +130,7 @@ REWARDS: dict[str, Builder] = {
     "judge": _judge,
     "vllm-prm": _vllm_prm,  # Qwen2.5-Math-PRM over vLLM /pooling (remote)
     "math-shepherd": _math_shepherd,  # Math-Shepherd over vLLM STEP pooling (remote)
+    "reference": _reference,  # answer-key PRM: an instrument, never a default, not served
 }
 
 

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from particlescale.algorithms import METHODS
 from particlescale.errors import ConfigError
 from particlescale.models import DEFAULT_GENERATOR as DEFAULT_MODEL
-from particlescale.rewards.registry import DEFAULT_REWARD
+from particlescale.rewards.registry import DEFAULT_REWARD, spec_uses_answer_key
 
 DEFAULT_GENERATOR = f"llamacpp:{DEFAULT_MODEL}"
 DEFAULT_PRESET_BUDGETS = (4, 8, 16)
@@ -122,6 +122,11 @@ class ServerConfig(_Strict):
         if self.budget > self.limits.max_budget:
             raise ValueError(f"budget: default {self.budget} exceeds limits.max_budget "
                              f"{self.limits.max_budget}")
+        if spec_uses_answer_key(self.reward):
+            raise ValueError(f"reward: {self.reward!r} reads the answer key ('reference' is an "
+                             "instrument for studying algorithms on datasets with worked "
+                             "solutions); a server answers questions that have none, so it is "
+                             "not served; choose e.g. arith*logprob or judge")
         ids = [g.model_id for g in self.generators]
         if len(set(ids)) != len(ids):
             raise ValueError(f"generators: ids must be unique, got {ids}; set 'id' on each")

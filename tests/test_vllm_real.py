@@ -91,6 +91,28 @@ def run(coro):
     return asyncio.run(coro)
 
 
+# -- the models made here ------------------------------------------------------------------------
+
+
+def test_exported_and_tiny_models_are_complete_and_the_export_is_kept(stack):
+    gen_dir = harness.generator_dir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "particlescale-export.json"):
+        assert (gen_dir / name).is_file(), name
+    config = json.loads((gen_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["dtype"] == "bfloat16"
+    assert "quantization_config" not in config
+    t0 = time.monotonic()  # a second export of the same GGUF is a no-op
+    r = harness.particlescale_in_venv("models", "export-hf", GEN_NAME, str(gen_dir), timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == str(gen_dir)
+    assert time.monotonic() - t0 < 30
+    qwen = json.loads((stack["qwen-prm"].model_dir / "config.json").read_text())
+    assert qwen["architectures"] == ["Qwen2ForProcessRewardModel"]
+    shepherd = json.loads((stack["math-shepherd"].model_dir / "particlescale-prm.json")
+                          .read_text())
+    assert shepherd["architecture"] == "LlamaForCausalLM" and "--convert" in shepherd["vllm_args"]
+
+
 # -- generator -----------------------------------------------------------------------------------
 
 
@@ -133,6 +155,23 @@ def test_first_step_is_one_request_with_n_children_and_stop_at_the_delimiter(sta
         assert "\n\n" not in c.text  # vLLM cut at the stop string and left it out
         if c.finish == "length":
             assert c.tokens == 64
+
+
+def test_same_seed_same_samples_and_choice_i_is_seed_plus_i(stack):
+    """What seeded runs rely on: a request repeated with its seed gives the same choices, and
+    (as vLLM v1 seeds a request's n choices) choice i is what seed + i gives alone."""
+    body = {"model": GEN_NAME, "prompt": templates.chatml([{"role": "user", "content": QUESTION}]),
+            "max_tokens": 24, "temperature": 1.0, "top_p": 1.0, "seed": 1234}
+
+    def texts(**kw) -> list[str]:
+        r = httpx.post(stack["gen"].v1 + "/completions", json={**body, **kw}, timeout=120)
+        assert r.status_code == 200, r.text
+        return [c["text"] for c in sorted(r.json()["choices"], key=lambda c: c["index"])]
+
+    three = texts(n=3)
+    assert texts(n=3) == three
+    assert len(set(three)) > 1
+    assert [texts(n=1, seed=1234 + i)[0] for i in range(3)] == three
 
 
 @pytest.mark.parametrize("method", ["pf", "best-of-n", "beam", "dvts"])

@@ -110,7 +110,11 @@ async def prm_rows(url: str, n: int, steps: int) -> list[str]:
 async def main(budgets: list[int], steps: int, tokens: int) -> None:
     if harness.python() is None:
         sys.exit(f"no vLLM venv at {harness.VENV}: run `make vllm-venv` first")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp_name:
+        await measure(Path(tmp_name), budgets, steps, tokens)
+
+
+async def measure(tmp: Path, budgets: list[int], steps: int, tokens: int) -> None:
     dirs = harness.prepare_models(tmp)
     gen_cpus, prm_cpus = harness.cpu_sets()
     servers = [VllmServer(GEN_NAME, dirs["gen"], [], tmp / "gen.log", gen_cpus),

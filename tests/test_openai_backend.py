@@ -263,8 +263,35 @@ async def test_400_fails_fast_with_the_servers_message(fake):
 
 async def test_real_vllm_validation_error_reaches_the_user(fake):
     gen = gen_for(fake)
-    with pytest.raises(BackendError, match="maximum context length is 4096"):
+    with pytest.raises(BackendError, match="cannot be greater than max_model_len=4096"):
         await extend(gen, [particle()], [1], params=SamplingParams(max_step_tokens=5000))
+
+
+async def test_a_prompt_longer_than_the_context_fails_with_vllms_message():
+    with FakeVLLM(model=MODEL, max_model_len=64) as server, pytest.raises(BackendError) as err:
+        await extend(gen_for(server), [particle("word " * 80)], [1],
+                     params=SamplingParams(max_step_tokens=16))
+    assert err.value.status == 400 and "maximum context length is 64" in str(err.value)
+
+
+async def test_a_step_that_reaches_the_context_end_finishes_with_length():
+    # vLLM (0.32) clamps max_tokens to the room the prompt leaves: no error, "length".
+    problem = Problem(QUESTION, system_prompt="Be brief.")
+    prompt = chatml([{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                    continue_final_message=False)
+    context = len(tokenize(prompt)) + 3
+    with FakeVLLM(model=MODEL, max_model_len=context) as server:
+        (steps,) = await extend(gen_for(server), [particle()], [1], problem=problem,
+                                params=SamplingParams(max_step_tokens=context - 1))
+    assert steps[0].finish == "length" and steps[0].tokens == 3
+
+
+async def test_a_pooling_server_as_generator_is_a_404_that_says_so():
+    with FakeVLLM(model=MODEL, runner="pooling") as server, pytest.raises(BackendError) as err:
+        await extend(gen_for(server), [particle()], [1])
+    assert err.value.status == 404 and "no /completions route" in str(err.value)
+    assert "--runner pooling" in str(err.value)
 
 
 async def test_unknown_model_is_a_404_with_the_servers_message(fake):

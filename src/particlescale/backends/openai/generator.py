@@ -254,6 +254,17 @@ class OpenAIGenerator:
         return self._local_template(messages)
 
 
+def _no_route_hint(e: BackendError, route: str) -> BackendError:
+    """A 404 that is not about the model name means the server has no such route: say so (a
+    vLLM started with ``--runner pooling`` serves ``/pooling``, not completions)."""
+    if e.status != 404 or "model" in str(e).lower().replace("/models", ""):
+        return e
+    return BackendError(f"{e}; the server has no {route} route: is it a generation server? "
+                        "(a vLLM started with --runner pooling only serves /pooling; point "
+                        "--generator at the one serving the language model)",
+                        kind=e.kind, status=e.status)
+
+
 @dataclass
 class OpenAISession:
     """The generation state of one problem: its prefix, replica, seeds and usage."""
@@ -325,8 +336,11 @@ class OpenAISession:
             parsed = wire.parse_llamacpp(await ep.post("/completion", body))
         else:
             body = wire.completion_body(kind, model, self._prompt(parent), n, self.params, seed)
-            parsed = wire.parse_openai(kind, await ep.post(self.replica.api + "/completions",
-                                                           body), chat=False)
+            try:
+                answer = await ep.post(self.replica.api + "/completions", body)
+            except BackendError as e:
+                raise _no_route_hint(e, "/completions") from e
+            parsed = wire.parse_openai(kind, answer, chat=False)
         self.usage.lm_calls += 1
         self.usage.prompt_tokens += parsed.prompt_tokens
         self.usage.generated_tokens += parsed.completion_tokens

@@ -177,8 +177,8 @@ class HttpEndpoint:
                 f"base_url: {redact_url(url)!r} carries a user and password and an API key is "
                 "set too (api_key, PARTICLESCALE_API_KEY or OPENAI_API_KEY); give one of them")
         self.base_url = url
-        if not isinstance(self.timeout, int | float) or not self.timeout > 0:
-            raise ConfigError(f"timeout: must be > 0 seconds, got {self.timeout}")
+        if not isinstance(self.timeout, int | float) or not 0 < self.timeout < float("inf"):
+            raise ConfigError(f"timeout: must be a number of seconds > 0, got {self.timeout}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigError(f"retries: must be an integer >= 0, got {self.retries}")
         if self.max_concurrency < 1:

@@ -188,9 +188,11 @@ class HttpEndpoint:
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop or self._state.session.closed:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            if self._auth is not None:
+                headers["Authorization"] = self._auth.encode()
             connector = aiohttp.TCPConnector(limit=self.max_concurrency)
             session = aiohttp.ClientSession(
-                connector=connector, headers=headers, auth=self._auth,
+                connector=connector, headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=self.timeout, sock_connect=min(self.timeout, self.connect_timeout)))
             closer = _close_at_loop_shutdown(session)

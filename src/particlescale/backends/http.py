@@ -44,6 +44,7 @@ or by :meth:`HttpEndpoint.aclose`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -71,8 +72,9 @@ def redact_url(text: str) -> str:
     return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1", text))
 
 
-def split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
-    """``url`` without its user info, and that user info as basic auth (None if absent)."""
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its user info, and that user info as an ``Authorization: Basic``
+    header value (None if absent)."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None
@@ -80,7 +82,8 @@ def split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
     if ":" in host:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port is not None else "")
-    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
 
 
@@ -156,7 +159,7 @@ class HttpEndpoint:
     connect_timeout: float = CONNECT_TIMEOUT
     jitter: random.Random = field(default_factory=random.Random, repr=False)
     _state: _LoopState | None = field(default=None, init=False, repr=False)
-    _auth: aiohttp.BasicAuth | None = field(default=None, init=False, repr=False)
+    _auth: str | None = field(default=None, init=False, repr=False)
     requests: int = field(default=0, init=False)
     """Requests sent (attempts included); for tests and benchmarks."""
 
@@ -189,7 +192,7 @@ class HttpEndpoint:
         if self._state is None or self._state.loop is not loop or self._state.session.closed:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             if self._auth is not None:
-                headers["Authorization"] = self._auth.encode()
+                headers["Authorization"] = self._auth
             connector = aiohttp.TCPConnector(limit=self.max_concurrency)
             session = aiohttp.ClientSession(
                 connector=connector, headers=headers,

@@ -93,6 +93,21 @@ def test_stop_sequences_cut_real_text(served) -> None:
     assert engine.live_sequences == 0
 
 
+def test_a_lone_surrogate_is_400_with_the_embedded_generator(served) -> None:
+    # Issue 23: "\ud800" in a message reached the tokenizer (UnicodeEncodeError, 500).
+    server, engine = served
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        r = c.post("/v1/chat/completions", content=b'{"messages":[{"role":"user","content":'
+                   b'"What is 3 + \\ud800?"}], "max_tokens": 8}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "messages.0.content"
+        ok = c.post("/v1/chat/completions", json={"messages": MESSAGES, "model": "pf-2",
+                                                  "seed": 0, "max_tokens": 8})
+        assert ok.status_code == 200, ok.text
+    assert engine.live_sequences == 0
+
+
 @pytest.fixture(scope="module")
 def served_qwen():
     """The default embedded model: on 2 CPU cores batching pays off for qwen2.5-0.5b (about 3x

@@ -11,8 +11,10 @@ line and exit 2). Serving beyond the loopback interface without API keys prints 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -147,6 +149,14 @@ def serve(
                                                host=cfg.host, port=cfg.port,
                                                log_level=log_level,
                                                timeout_graceful_shutdown=5))
-        server.run(sockets=[sock])
+        sock.listen(2048)
+        # uvicorn says where it listens only when it binds the socket itself.
+        shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown,
+            sock.getsockname()[1])
+        # uvicorn re-raises the Ctrl-C it has already answered by shutting down gracefully.
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
     finally:
         sock.close()

@@ -72,5 +72,5 @@ def check_reward_spec(spec: str, generator_specs: str | Sequence[str] = (), *,
                     raise ConfigError(
                         f"{flag}: 'logprob' needs step log-probabilities, which generator "
                         f"{g.partition(':')[0]!r} does not report (OpenAI-compatible servers "
-                        f"are not asked for them); use {flag} {FALLBACK_REWARD} (or another "
-                        "reward without 'logprob'), or the embedded llamacpp generator")
+                        f"are not asked for them); set {flag} to {FALLBACK_REWARD!r} (or another "
+                        "reward without 'logprob'), or use the embedded llamacpp generator")

@@ -625,7 +625,7 @@ def llama_cpp_server():
          "--n_threads", "2", "--verbose", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900
     while True:
         try:
             with urllib.request.urlopen(url + "/models", timeout=2) as r:

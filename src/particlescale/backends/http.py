@@ -9,15 +9,15 @@ client)::
         2xx                        -> return its JSON
         429, 5xx, connect error,
         dropped connection          -> sleep(backoff(attempt)), try again
-        timeout                     -> GET: try again; POST: fail now (see below)
+        timeout                     -> fail now, unless retry_timeouts (see below)
         other 4xx                  -> fail now, with the server's own message
     all attempts failed            -> BackendError(kind, status)
 
-A POST that timed out is not sent again unless ``retry_timeouts``: the server may still be
+A request that timed out is not sent again unless ``retry_timeouts``: the server may still be
 working on it (a long generation on a busy server), and sending it again adds load exactly
-when the server is short of it; a hanging server then costs one ``timeout``, not
+when the server is short of it; a hanging server then costs one ``timeout`` per call, not
 ``(retries + 1) * timeout``. Connecting has its own shorter limit (``connect_timeout``), and a
-request that could not connect is always retried.
+request that could not connect is retried.
 
 Credentials in the URL (``http://user:password@host/v1``) are taken out of it and sent as
 HTTP basic auth; messages and logs show :func:`redact_url` forms only (no user info, query
@@ -145,7 +145,7 @@ class HttpEndpoint:
 
     ``timeout`` is per request (seconds); ``retries`` is the number of extra attempts after the
     first; ``max_concurrency`` bounds the requests in flight to this server across all callers;
-    ``retry_timeouts`` sends a POST that timed out again (off: see the module docstring).
+    ``retry_timeouts`` sends a request that timed out again (off: see the module docstring).
     """
 
     base_url: str
@@ -245,7 +245,7 @@ class HttpEndpoint:
                         f"{method} {url}: no answer within {self.timeout:g} s "
                         f"({type(e).__name__}); raise the timeout (--timeout, or timeout= in "
                         "Python) or check the server's load", kind="timeout")
-                    if method != "GET" and not self.retry_timeouts:
+                    if not self.retry_timeouts:
                         raise BackendError(
                             f"{last} (not sent again: the server may still be working on it)",
                             kind="timeout") from None

@@ -88,17 +88,17 @@ async def close_backends(b: Backends) -> None:
 
 
 def upstream_addresses(specs: Iterable[str]) -> tuple[str, ...]:
-    """Every ``host:port`` and ``host`` of the URLs in ``specs`` (kept from clients)."""
+    """The addresses of the URLs in ``specs``, kept from clients: every ``host:port``, and the
+    bare host when it cannot be an ordinary word (an IP address, a dotted name, localhost)."""
     out: set[str] = set()
     for spec in specs:
         for url in _URL.findall(spec):
             try:
                 parts = urlsplit(url)
-                out.add(parts.netloc.rpartition("@")[2])
-                if parts.hostname:
-                    out.add(parts.hostname)
+                names = {parts.netloc.rpartition("@")[2], parts.hostname or ""}
             except ValueError:
                 continue
+            out.update(n for n in names if "." in n or ":" in n or n == "localhost")
     return tuple(sorted(out))
 
 

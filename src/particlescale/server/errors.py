@@ -47,10 +47,11 @@ _URL_ROOT = re.compile(r"https?://[^/\s]+")
 
 def public_message(text: str, hide: Iterable[str] = ()) -> str:
     """``text`` as a client may see it: no URL roots (scheme, credentials, host, port), no
-    query values, and none of the upstream addresses in ``hide`` (``host:port`` or ``host``)."""
+    query values, and none of the upstream addresses in ``hide`` (``host:port`` or ``host``,
+    each as a whole word)."""
     text = _URL_ROOT.sub("", redact_url(text))
     for h in sorted({h for h in hide if h}, key=len, reverse=True):
-        text = text.replace(h, "<upstream>")
+        text = re.sub(rf"(?<![\w.-]){re.escape(h)}(?![\w-]|\.\w)", "<upstream>", text)
     return text
 
 

@@ -25,7 +25,7 @@ def test_cli_starts_a_local_ray_and_matches_the_local_executor(tmp_path: Path):
               "--id-field", "id", "--methods", "pf,best-of-n(temperature=0.5)",
               "--budgets", "1,2", "--generator", GEN, "--reward", REW, "--no-progress"]
     p = run_cli(*common, "-o", str(tmp_path / "ray"), "--executor", "ray", "--ray-workers", "2",
-                timeout=300)
+                timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "24 run" in " ".join(p.stderr.split())
     p = run_cli(*common, "-o", str(tmp_path / "local"))

@@ -33,7 +33,7 @@ def cli(*args: str, env_cache: Path | None = None) -> subprocess.CompletedProces
     env = None
     if env_cache is not None:
         env = {**os.environ, "PARTICLESCALE_CACHE": str(env_cache.parent)}
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_known_models_table_is_consistent():

@@ -140,7 +140,7 @@ def test_collect_adds_monte_carlo_labels_to_the_shards_there(tmp_path):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
                            *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "120"})
 
 

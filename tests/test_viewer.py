@@ -185,7 +185,7 @@ def test_bad_trace_files_raise_one_clear_error(tmp_path: Path, content: str | No
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def test_cli_writes_the_page_and_reports_bad_input_in_one_line(tmp_path: Path) -> None:

@@ -171,7 +171,8 @@ class Fault:
     """An injected failure for requests to ``path`` (``*`` = any) whose raw body contains
     ``match``; applies ``times`` times (-1: always). ``kind``: ``status`` (answer ``status``
     with ``message``), ``drop`` (close the connection mid-answer), ``delay`` (sleep ``delay``
-    seconds, then answer normally)."""
+    seconds, then answer normally), ``body`` (answer 200 with ``body`` as JSON: a malformed
+    answer)."""
 
     path: str = "*"
     kind: str = "status"
@@ -181,6 +182,7 @@ class Fault:
     match: str | None = None
     delay: float = 0.0
     retry_after: float | None = None
+    body: Any = None
 
 
 @dataclass
@@ -799,6 +801,9 @@ class _FaultLayer:
                 raise ConnectionAbortedError("fake: connection dropped on purpose")
             if fault is not None and fault.kind == "delay":
                 await asyncio.sleep(fault.delay)
+            elif fault is not None and fault.kind == "body":
+                await JSONResponse(fault.body)(scope, replay, tap)
+                return
             elif fault is not None:
                 headers = ({"Retry-After": f"{fault.retry_after:g}"}
                            if fault.retry_after is not None else None)

@@ -67,6 +67,7 @@ from particlescale.eval.store import (
     ResultWriter,
     key_of,
     load_rows,
+    lock_out,
     prepare_dir,
     row_key,
 )
@@ -101,6 +102,11 @@ class SweepConfig:
             raise ConfigError("methods: empty; pass e.g. --methods pf,best-of-n")
         if not self.dataset.problems:
             raise ConfigError("dataset: no problems selected; check --ids/--limit/--sample")
+        if self.grader_workers < 1:
+            raise ConfigError(f"grading-workers: must be >= 1, got {self.grader_workers}")
+        if not 0 < self.grading_timeout_s < float("inf"):
+            raise ConfigError(f"grading-timeout: must be a number of seconds > 0, got "
+                              f"{self.grading_timeout_s}")
         validate(self.backend)
         # Validate each variant together with the common options (they apply to every method).
         self.methods = [parse_method(m.label, self.options) for m in self.methods]
@@ -258,8 +264,13 @@ class SweepState:
         self.cfg = cfg
         self.progress = progress
         self.tasks = plan(cfg)
-        self.config_hash = prepare_dir(cfg.out, cfg.hashed(), force=cfg.force)
-        loaded = load_rows(cfg.out / RESULTS, repair=True)
+        self.lock = lock_out(cfg.out)  # one writer per directory (released in close)
+        try:
+            self.config_hash = prepare_dir(cfg.out, cfg.hashed(), force=cfg.force)
+            loaded = load_rows(cfg.out / RESULTS, repair=True)
+        except BaseException:
+            self.lock.release()
+            raise
         self.latest = loaded.latest()
         keys = planned_keys(self.tasks)
         self.done = {k for k in keys if k in self.latest and not self.latest[k].get("error")}
@@ -395,6 +406,7 @@ class SweepState:
 
     def close(self) -> None:
         self.writer.close()
+        self.lock.release()
         if self.grader is not None:
             self.grader.close()
             self.grader = None

@@ -34,6 +34,26 @@ def sticky(prefix: tuple[str, ...]) -> dict[str, float]:
     return {"A": 0.1, "B": 0.8, "C": 0.1}
 
 
+def abc(prefix: tuple[str, ...]) -> dict[str, float]:
+    """An LM on which A becomes rarer and C likelier as A's accumulate (test_exactness)."""
+    a = sum(s == "A" for s in prefix)
+    return {"A": 0.5 - 0.1 * a, "B": 0.4 + 0.05 * a, "C": 0.1 + 0.05 * a}
+
+
+def sticky_session(seed: int):
+    """(rng, a scripted session over ``sticky``, its usage, the parity reward)."""
+    from particlescale.protocols import SamplingParams
+    from particlescale.types import Problem, Usage
+
+    from scripted import ScriptedGenerator, ScriptedReward
+
+    rng = np.random.default_rng(seed)
+    gen = ScriptedGenerator(sticky, horizon=HORIZON, eos_steps=EOS)
+    usage = Usage()
+    return rng, gen.session(Problem("q"), SamplingParams(), rng, usage), usage, \
+        ScriptedReward(parity_reward)
+
+
 def parity_reward(prefix: tuple[str, ...]) -> float:
     """High when the prefix has an even number of A's: the reward of a spliced path is not
     the reward of its prefix, and rewards change sharply from step to step."""

@@ -23,15 +23,14 @@ from particlescale import solve
 from particlescale.aggregation import aggregate
 from particlescale.types import STEP_SEPARATOR
 
+from invariance import abc
 from scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 
 HORIZON = 4
 EOS = frozenset({"C"})
 
 
-def dist(prefix: tuple[str, ...]) -> dict[str, float]:
-    a = sum(s == "A" for s in prefix)
-    return {"A": 0.5 - 0.1 * a, "B": 0.4 + 0.05 * a, "C": 0.1 + 0.05 * a}
+dist = abc
 
 
 def reward(prefix: tuple[str, ...]) -> float:

@@ -31,20 +31,23 @@ from particlescale.algorithms.common import IdSource, potential
 from particlescale.algorithms.config import PGConfig
 from particlescale.algorithms.pf import next_beta, sweep
 from particlescale.algorithms.smc_methods import _draw_reference, swap_references
-from particlescale.protocols import SamplingParams
 from particlescale.smc import ess, normalize
-from particlescale.types import Trace, Usage
+from particlescale.types import Trace
 
-from invariance import EOS, HORIZON, as_particle, chi_square_p, parity_reward, sticky, target
+from invariance import (
+    EOS,
+    HORIZON,
+    abc,
+    as_particle,
+    chi_square_p,
+    parity_reward,
+    sticky,
+    sticky_session,
+    target,
+)
 from scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 
 SEEDS = 16
-
-
-def abc(prefix: tuple[str, ...]) -> dict[str, float]:
-    """The LM of test_exactness: A becomes rarer and C likelier as A's accumulate."""
-    a = sum(s == "A" for s in prefix)
-    return {"A": 0.5 - 0.1 * a, "B": 0.4 + 0.05 * a, "C": 0.1 + 0.05 * a}
 
 
 def sharp(prefix: tuple[str, ...]) -> float:
@@ -293,11 +296,7 @@ async def _pt_iteration_histograms(draws: int, seed: int) -> tuple[np.ndarray, n
     paths, pi1 = target(sticky, 1 / TAUS[0])
     _, pi2 = target(sticky, 1 / TAUS[1])
     index = {x: i for i, x in enumerate(paths)}
-    rng = np.random.default_rng(seed)
-    gen = ScriptedGenerator(sticky, horizon=HORIZON, eos_steps=EOS)
-    usage = Usage()
-    session = gen.session(Problem("q"), SamplingParams(), rng, usage)
-    rew = ScriptedReward(parity_reward)
+    rng, session, usage, rew = sticky_session(seed)
     cfg = PGConfig(weights="incremental", max_steps=10)
     counts = [np.zeros(len(paths)), np.zeros(len(paths))]
     for _ in range(draws):
@@ -343,11 +342,7 @@ def test_pt_labels_its_swaps_and_refuses_metropolis_without_targets() -> None:
 async def _pg_histogram(n: int, seed: int, draws: int, **options) -> np.ndarray:
     paths, pi = target(sticky, 1.0)
     index = {x: i for i, x in enumerate(paths)}
-    rng = np.random.default_rng(seed)
-    gen = ScriptedGenerator(sticky, horizon=HORIZON, eos_steps=EOS)
-    usage = Usage()
-    session = gen.session(Problem("q"), SamplingParams(), rng, usage)
-    rew = ScriptedReward(parity_reward)
+    rng, session, usage, rew = sticky_session(seed)
     cfg = PGConfig(weights="incremental", max_steps=10, **options)
     counts = np.zeros(len(paths))
     for _ in range(draws):

@@ -208,7 +208,7 @@ MUTANTS = [
     ("docs/remote.md", "reward=VllmPRM(", "prm=VllmPRM(", "python", "docs/remote.md:25: TypeError"),
     ("docs/python-api.md", "np.random.default_rng(0), 4)", "np.random.default_rng(0), size=4)",
      "python", "unexpected keyword argument 'size'"),
-    ("docs/rewards.md", "holds=False)", "holds=True)", "python", "doctest failed"),
+    ("docs/rewards.md", "48 / 2 = 25 fails", "48 / 2 = 25 holds", "python", "doctest failed"),
     ("README.md", "--method pf --budget 8 --seed 0 --trace", "--method pf --budgets 8 --seed 0 "
      "--trace", "bash", "No such option: --budgets"),
     ("docs/eval.md", "particlescale report runs/math500", "particlescale reports runs/math500",

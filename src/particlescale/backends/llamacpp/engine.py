@@ -37,6 +37,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -47,6 +48,13 @@ from typing import Any
 import numpy as np
 
 from particlescale.backends.llamacpp.chat import render_chat
+from particlescale.backends.llamacpp.native import (
+    EngineStats,
+    LlamaContext,
+    _llama,
+    default_threads,
+    repack_weights,
+)
 from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers, proposal_logprob
 from particlescale.backends.llamacpp.steptext import StepText
 from particlescale.errors import BackendError, ModelError
@@ -55,38 +63,6 @@ from particlescale.types import FinishReason, Step
 
 log = logging.getLogger(__name__)
 SHARE_MIN = 8  # shared prefixes shorter than this are not worth a copy
-
-
-def _llama() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelError(
-            "the embedded engine needs llama-cpp-python; run: pip install 'particlescale[llamacpp]'"
-        ) from None
-    return llama_cpp
-
-
-def repack_weights(L: Any) -> bool:
-    """Whether to let llama.cpp use its "extra" weight buffers (repacked CPU kernels).
-
-    They are faster, but a build compiled with ``-march=native`` on a CPU that advertises AMX
-    also routes batched matrix products through AMX tile instructions, which crash with an
-    illegal instruction on virtual machines that do not enable AMX. So the default is on unless
-    the llama.cpp build contains AMX kernels; ``PARTICLESCALE_LLAMA_REPACK=1|0`` overrides.
-    (Build llama-cpp-python with ``-mno-amx-tile -mno-amx-int8 -mno-amx-bf16`` to get both.)
-    """
-    env = os.environ.get("PARTICLESCALE_LLAMA_REPACK")
-    if env in ("0", "1"):
-        return env == "1"
-    return b"AMX_INT8 = 1" not in L.llama_print_system_info()
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,21 +151,6 @@ class ExtendOutcome:
     steps: list[list[Any]]
     prompt_tokens: int
     generated_tokens: int
-
-
-@dataclass
-class EngineStats:
-    """Counters since the engine started (read them between runs)."""
-
-    decode_calls: int = 0
-    decoded_tokens: int = 0
-    sampled_tokens: int = 0
-    evictions: int = 0
-    deferred: int = 0
-    max_sequences_per_decode: int = 0
-    max_sessions_per_decode: int = 0
-    decode_seconds: float = 0.0
-    cached_prefix_tokens: int = 0  # scoring tokens not decoded thanks to the prefix cache
 
 
 class _Job:
@@ -339,58 +300,20 @@ class LlamaEngine:
         self.path = Path(resolve(model))
         self.model_name = model if isinstance(model, str) and not model.endswith(".gguf") \
             else self.path.stem
+        self._native = nat = LlamaContext(
+            self.path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch,
+            threads=n_threads or default_threads(), embeddings=embeddings, repack=repack,
+            flash_attn=flash_attn, verbose=verbose)
+        self._model = nat.model  # benchmarks/bench_value_features.py opens a second context
         self._L = L
-        if not verbose:
-            from llama_cpp._logger import set_verbose
-
-            set_verbose(False)
-        L.llama_backend_init()
-        mparams = L.llama_model_default_params()
-        mparams.use_extra_bufts = repack_weights(L) if repack is None else repack
-        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise ModelError(f"model: llama.cpp could not load {self.path}; is it a valid GGUF for "
-                             "this llama.cpp version?")
-        threads = n_threads or default_threads()
-        cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_batch
-        cp.n_ubatch = n_batch
-        cp.n_seq_max = n_seq_max
-        cp.n_threads = threads
-        cp.n_threads_batch = threads
-        cp.kv_unified = True
-        cp.embeddings = embeddings
-        # At most one output row per sequence per decode: size the logits buffer for that,
-        # not for n_batch rows (n_batch x 152k floats would be ~300 MB for nothing).
-        cp.n_outputs_max = n_seq_max
-        if flash_attn is not None:
-            cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                  else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
-        cp.no_perf = True
-        self._ctx = L.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            L.llama_model_free(self._model)
-            raise ModelError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
-                             f"n_seq_max={n_seq_max}); try smaller values")
-        self._mem = L.llama_get_memory(self._ctx)
-        self._vocab = L.llama_model_get_vocab(self._model)
-        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
-        self.n_embd = int(L.llama_model_n_embd(self._model))
-        self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self._vocab = nat.vocab
+        self.n_vocab = nat.n_vocab
+        self.n_embd = nat.n_embd
+        self.n_ctx = nat.n_ctx
         self.n_seq_max = n_seq_max
         self.n_batch = n_batch
         self.embeddings = embeddings
-        self._emb_on = embeddings
-        tmpl = L.llama_model_chat_template(self._model, None)
-        self.chat_template: str | None = tmpl.decode("utf-8") if tmpl else None
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
-        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
-        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
-        self._b_nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
-        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
-        self._b_nseq[:] = 1
+        self.chat_template = nat.chat_template
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._sampler = Sampler(self.n_vocab)  # used on the engine thread only
@@ -600,10 +523,7 @@ class LlamaEngine:
         self._closed = True
         self._inbox.put(("stop", None))
         self._thread.join()
-        L = self._L
-        L.llama_batch_free(self._batch)
-        L.llama_free(self._ctx)
-        L.llama_model_free(self._model)
+        self._native.free()
 
     def __enter__(self) -> LlamaEngine:
         return self
@@ -670,7 +590,7 @@ class LlamaEngine:
     # -- slots
 
     def _free_slot(self, s: _Slot) -> None:
-        self._L.llama_memory_seq_rm(self._mem, s.seq_id, -1, -1)
+        self._native.seq_rm(s.seq_id)
         if isinstance(s.owner, SeqHandle) and s.owner.slot is s:
             s.owner.slot = None
         s.owner, s.busy, s.n_past = None, False, 0
@@ -725,7 +645,7 @@ class LlamaEngine:
         sequence first) or, without a usable root, after re-reading the prompt too."""
         if from_root and state is not None and self._root_ready(state):
             assert state.root is not None and state.root.slot is not None
-            self._L.llama_memory_seq_cp(self._mem, state.root.slot.seq_id, slot.seq_id, -1, -1)
+            self._native.seq_cp(state.root.slot.seq_id, slot.seq_id)
             slot.n_past = len(state.prompt)
             state.root.slot.last_used = self._tick_no
             pending = list(tokens)
@@ -827,7 +747,7 @@ class LlamaEngine:
             if target is None:
                 self.stats.deferred += 1
                 continue
-            self._L.llama_memory_seq_cp(self._mem, slot.seq_id, target.seq_id, -1, -1)
+            self._native.seq_cp(slot.seq_id, target.seq_id)
             target.n_past = slot.n_past
             child.slot = target
         if keep:
@@ -1036,14 +956,13 @@ class LlamaEngine:
         tokens still to decode."""
         h, n = self._best_cached(tokens)
         if h is not None and n >= SHARE_MIN and h.slot is not None:
-            mem, sid = self._mem, slot.seq_id
-            self._L.llama_memory_seq_cp(mem, h.slot.seq_id, sid, -1, -1)
-            if self._L.llama_memory_seq_rm(mem, sid, n, -1):
+            self._native.seq_cp(h.slot.seq_id, slot.seq_id)
+            if self._native.seq_rm(slot.seq_id, n):
                 slot.n_past = n
                 h.slot.last_used = self._tick_no
                 self.stats.cached_prefix_tokens += n
                 return list(tokens[n:])
-            self._L.llama_memory_seq_rm(mem, sid, -1, -1)
+            self._native.seq_rm(slot.seq_id)
         return list(tokens)
 
     def _cache_prefix(self, slot: _Slot, tokens: Sequence[int]) -> None:
@@ -1063,12 +982,12 @@ class LlamaEngine:
     # -- the decode tick
 
     def _tick(self) -> None:
-        L = self._L
+        nat = self._native
         self._tick_no += 1
         budget = self.n_batch
         n = 0
         plan: list[tuple[_Run, int, list[int]]] = []  # run, tokens taken, output batch indices
-        seq_ids = self._batch.seq_id
+        seq_ids = nat.seq_ids
         # Generation steps (one token each) first so they are never starved by long prompts;
         # teacher-forcing runs last: they take the output rows the others leave (at most
         # n_seq_max rows per decode, the size of llama.cpp's output buffer).
@@ -1084,9 +1003,7 @@ class LlamaEngine:
             multis = [r for r in runs if len(r.pending) > 1]
             hold_last = bool(multis) and (not singles or self._tick_no % 2 == 0)
             runs = multis if hold_last else singles
-            if hold_last == self._emb_on:
-                L.llama_set_embeddings(self._ctx, not hold_last)
-                self._emb_on = not hold_last
+            nat.set_embeddings(not hold_last)
         for run in runs:
             if n >= budget:
                 break
@@ -1097,30 +1014,29 @@ class LlamaEngine:
             if take <= 0:
                 continue
             s = run.slot
-            self._b_token[n:n + take] = run.pending[:take]
-            self._b_pos[n:n + take] = np.arange(s.n_past, s.n_past + take)
-            self._b_logits[n:n + take] = 0
+            nat.token[n:n + take] = run.pending[:take]
+            nat.pos[n:n + take] = np.arange(s.n_past, s.n_past + take)
+            nat.wants_row[n:n + take] = 0
             for k in range(n, n + take):
                 seq_ids[k][0] = s.seq_id
             if run.on_rows is not None:
                 outs = list(range(n + max(quiet, 0), n + take))
             else:
                 outs = [n + take - 1] if take == len(run.pending) else []
-            self._b_logits[outs] = 1
+            nat.wants_row[outs] = 1
             rows_left -= len(outs)
             plan.append((run, take, outs))
             n += take
-        self._batch.n_tokens = n
-        t0 = _now()
-        ret = L.llama_decode(self._ctx, self._batch)
+        t0 = time.perf_counter()
+        ret = nat.decode(n)
         while ret == 1:  # KV cache full: evict a parked sequence and retry
             victim = self._evictable()
             if victim is None:
                 break
             self._free_slot(victim)
             self.stats.evictions += 1
-            ret = L.llama_decode(self._ctx, self._batch)
-        self.stats.decode_seconds += _now() - t0
+            ret = nat.decode(n)
+        self.stats.decode_seconds += time.perf_counter() - t0
         if ret != 0:
             err = BackendError(
                 f"llama_decode failed (code {ret}) with {len(plan)} sequences and {n} tokens"
@@ -1154,9 +1070,9 @@ class LlamaEngine:
                 finished.append((run, len(rows) - 1))
         done_ids = {id(r) for r, _ in finished}
         self._runs = [r for r in self._runs if id(r) not in done_ids]
-        self._row_logits = [self._logits_row(b) for b in rows]
-        self._row_features = ([self._embedding_row(b) for b in rows]
-                              if self.embeddings and self._emb_on else None)
+        self._row_logits = [nat.logits_row(b) for b in rows]
+        self._row_features = ([nat.embedding_row(b) for b in rows]
+                              if self.embeddings and nat.embeddings_on else None)
         for run, ks in forced:
             if not run.job.aborted:
                 run.on_rows(ks)  # type: ignore[misc]
@@ -1179,18 +1095,6 @@ class LlamaEngine:
                 self.stats.sampled_tokens += 1
                 self._child_step(child, token, lp, feature)
             queue_ = self._sample_queue
-
-    def _logits_row(self, b: int) -> np.ndarray:
-        """A view of llama.cpp's logits buffer: valid until the next decode, so rows are used
-        within the tick (the root's logits, kept across ticks, are copied)."""
-        ptr = self._L.llama_get_logits_ith(self._ctx, b)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-
-    def _embedding_row(self, b: int) -> np.ndarray | None:
-        ptr = self._L.llama_get_embeddings_ith(self._ctx, b)
-        if not ptr:
-            return None
-        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
 
     def _row_feature(self, row: int) -> np.ndarray | None:
         return self._row_features[row] if self._row_features is not None else None
@@ -1235,11 +1139,5 @@ class LlamaEngine:
         self._waiting.clear()
 
 
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
-
-
 __all__ = ["EngineStats", "ExtendOutcome", "LlamaEngine", "ParentSpec", "SeqHandle",
-           "SessionState"]
+           "SessionState", "default_threads", "repack_weights"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import os
@@ -47,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from particlescale.backends.llamacpp.chat import render_chat
 from particlescale.backends.llamacpp.native import (
     EngineStats,
     LlamaContext,
@@ -57,6 +55,7 @@ from particlescale.backends.llamacpp.native import (
 )
 from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers, proposal_logprob
 from particlescale.backends.llamacpp.steptext import StepText
+from particlescale.backends.llamacpp.tokens import Vocab
 from particlescale.errors import BackendError, ModelError
 from particlescale.protocols import SamplingParams
 from particlescale.types import FinishReason, Step
@@ -305,8 +304,6 @@ class LlamaEngine:
             threads=n_threads or default_threads(), embeddings=embeddings, repack=repack,
             flash_attn=flash_attn, verbose=verbose)
         self._model = nat.model  # benchmarks/bench_value_features.py opens a second context
-        self._L = L
-        self._vocab = nat.vocab
         self.n_vocab = nat.n_vocab
         self.n_embd = nat.n_embd
         self.n_ctx = nat.n_ctx
@@ -314,8 +311,7 @@ class LlamaEngine:
         self.n_batch = n_batch
         self.embeddings = embeddings
         self.chat_template = nat.chat_template
-        self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
+        self._vocab = Vocab(nat.L, nat.vocab, nat.n_vocab, nat.chat_template)
         self._sampler = Sampler(self.n_vocab)  # used on the engine thread only
 
         self.stats = EngineStats()
@@ -331,7 +327,6 @@ class LlamaEngine:
         self._row_features: list[np.ndarray | None] | None = None
         self._cache: list[SeqHandle] = []  # scoring prefixes, oldest first
         self._cache_owner = object()
-        self._eog_ids: np.ndarray | None = None
         self.score_cache_size = score_cache_size
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -343,66 +338,32 @@ class LlamaEngine:
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False
                  ) -> list[int]:
         """Text → token ids (``parse_special`` turns ``<|im_start|>`` etc. into their ids)."""
-        raw = text.encode("utf-8")
-        cap = len(raw) + 8
-        buf = (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (self._L.llama_token * cap)()
-            n = self._L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special,
-                                       parse_special)
-        return list(buf[:n])
+        return self._vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing)."""
-        p = self._pieces.get(token)
-        if p is None:  # once per token id; a local buffer, as any thread may call this
-            buf = ctypes.create_string_buffer(64)
-            n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            p = buf.raw[:n]
-            self._pieces[token] = p
-        return p
+        return self._vocab.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(int(t)) for t in tokens).decode("utf-8", errors="replace")
+        return self._vocab.detokenize(tokens)
 
     def is_eog(self, token: int) -> bool:
-        e = self._eog.get(token)
-        if e is None:
-            e = self._eog[token] = bool(self._L.llama_vocab_is_eog(self._vocab, token))
-        return e
+        return self._vocab.is_eog(token)
 
-    def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        buf = ctypes.create_string_buffer(128)
-        n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+    def eog_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (EOS, end of turn...): generation stops at any."""
+        return self._vocab.eog_tokens()
 
     def render_chat(self, messages: Sequence[dict[str, str]], *,
                     add_generation_prompt: bool = True) -> str:
         """The model's chat template (from the GGUF) applied to ``messages``."""
-        return render_chat(
-            self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self._special_text(self._L.llama_vocab_bos(self._vocab)),
-            eos_token=self._special_text(self._L.llama_vocab_eos(self._vocab)),
-        )
+        return self._vocab.render_chat(messages, add_generation_prompt=add_generation_prompt)
 
     def chat_tokens(self, messages: Sequence[dict[str, str]], *,
                     add_generation_prompt: bool = True) -> list[int]:
         """Rendered chat prompt → tokens (special tokens parsed; BOS added if the model wants it
         and the template did not write it)."""
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
-        toks = self.tokenize(text, parse_special=True)
-        bos = int(self._L.llama_vocab_bos(self._vocab))
-        if (self._L.llama_vocab_get_add_bos(self._vocab) and bos >= 0
-                and (not toks or toks[0] != bos)):
-            toks.insert(0, bos)
-        return toks
+        return self._vocab.chat_tokens(messages, add_generation_prompt=add_generation_prompt)
 
     # ----------------------------------------------------------------- public async API
 
@@ -492,13 +453,6 @@ class LlamaEngine:
                                self.eog_tokens())
         out = await self._submit("continuation", job)
         return out, job.prompt_tokens
-
-    def eog_tokens(self) -> np.ndarray:
-        """Every end-of-generation token id (EOS, end of turn...): generation stops at any."""
-        if self._eog_ids is None:
-            self._eog_ids = np.array([t for t in range(self.n_vocab) if self.is_eog(t)],
-                                     dtype=np.int64)
-        return self._eog_ids
 
     async def sync(self) -> None:
         """Wait until every message sent so far (releases included) has been processed."""
@@ -769,11 +723,11 @@ class LlamaEngine:
             child.feature = feature
         p = child.params
         carry = b""
-        if self.is_eog(token):
+        if self._vocab.is_eog(token):
             child.finish = "eos"
             text, _ = child.text.cut(final=True)
         else:
-            at = child.text.add(self.piece(token))
+            at = child.text.add(self._vocab.piece(token))
             if at >= 0:
                 child.finish = "step"
                 text, carry = child.text.split(at)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import queue
@@ -54,6 +53,7 @@ from particlescale.backends.llamacpp.native import (
     repack_weights,
 )
 from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers, proposal_logprob
+from particlescale.backends.llamacpp.slots import SHARE_MIN, SeqHandle, Slot, SlotPool
 from particlescale.backends.llamacpp.steptext import StepText
 from particlescale.backends.llamacpp.tokens import Vocab
 from particlescale.errors import BackendError, ModelError
@@ -61,56 +61,10 @@ from particlescale.protocols import SamplingParams
 from particlescale.types import FinishReason, Step
 
 log = logging.getLogger(__name__)
-SHARE_MIN = 8  # shared prefixes shorter than this are not worth a copy
 
 
 # ---------------------------------------------------------------------------------------------
-# Handles and engine-side bookkeeping (all mutated on the engine thread only, except
-# SeqHandle.state which the session sets when it consumes or releases a handle).
-
-
-class _Slot:
-    """One KV sequence id. ``owner`` is what holds it; ``busy`` slots are never evicted."""
-
-    __slots__ = ("busy", "last_used", "n_past", "owner", "seq_id")
-
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.n_past = 0
-        self.owner: Any = None
-        self.busy = False
-        self.last_used = 0
-
-
-class SeqHandle:
-    """The engine state of a particle after a step (``Step.handle``).
-
-    One object per sequence *use*: a handle is never recycled, so a stale handle (consumed by
-    an extend, released, or evicted from its slot) is recognised by identity, never confused
-    with a newer occupant of the same KV sequence. ``tokens`` are all tokens generated after
-    the prompt (the last one not yet decoded), so the sequence can always be rebuilt.
-    """
-
-    __slots__ = ("carry", "owner", "serial", "slot", "state", "tokens")
-    _serials = itertools.count()
-
-    def __init__(self, owner: Any, tokens: tuple[int, ...], carry: bytes = b"") -> None:
-        self.owner = owner
-        self.tokens = tokens
-        self.carry = carry
-        self.slot: _Slot | None = None
-        self.state = "live"  # live | consumed | released
-        self.serial = next(SeqHandle._serials)
-
-    @property
-    def resident(self) -> bool:
-        """True while the KV cache still holds this handle's sequence."""
-        slot = self.slot
-        return self.state == "live" and slot is not None and slot.owner is self
-
-    def __repr__(self) -> str:
-        where = f"seq {self.slot.seq_id}" if self.resident and self.slot else "not resident"
-        return f"<SeqHandle #{self.serial} {self.state} {len(self.tokens)} tokens, {where}>"
+# Engine-side bookkeeping (all mutated on the engine thread only).
 
 
 @dataclass
@@ -182,7 +136,7 @@ class _Run:
 
     __slots__ = ("job", "on_done", "on_rows", "pending", "rows", "slot")
 
-    def __init__(self, slot: _Slot, pending: list[int], job: _Job,
+    def __init__(self, slot: Slot, pending: list[int], job: _Job,
                  on_done: Callable[[int], None], *, rows: int = 1,
                  on_rows: Callable[[list[int]], None] | None = None) -> None:
         self.slot = slot
@@ -198,7 +152,7 @@ class _Want:
     """Something waiting for a free slot; ``admit(slot)`` starts it."""
 
     job: _Job
-    admit: Callable[[_Slot], None]
+    admit: Callable[[Slot], None]
 
 
 class _Child:
@@ -217,7 +171,7 @@ class _Child:
         self.text = StepText(job.params.delimiter, carry)
         self.tokens: list[int] = []
         self.logprob = 0.0
-        self.slot: _Slot | None = None
+        self.slot: Slot | None = None
         self.finish: FinishReason | None = None
         self.feature: np.ndarray | None = None
         self.done: list[Step] = []  # steps already ended, under extend_to_end
@@ -315,19 +269,14 @@ class LlamaEngine:
         self._sampler = Sampler(self.n_vocab)  # used on the engine thread only
 
         self.stats = EngineStats()
-        self._slots = [_Slot(i) for i in range(n_seq_max)]
-        self._free: deque[_Slot] = deque(self._slots)
+        self._pool = SlotPool(nat, n_seq_max, self.stats, score_cache_size)
         self._runs: list[_Run] = []
         self._waiting: deque[_Want] = deque()
         self._jobs: list[_Job] = []
-        self._tick_no = 0
         # (child, logits row, feature row, index) to sample, filled by forks and decodes
         self._sample_queue: list[tuple[_Child, np.ndarray, np.ndarray | None, int]] = []
         self._row_logits: list[np.ndarray] = []
         self._row_features: list[np.ndarray | None] | None = None
-        self._cache: list[SeqHandle] = []  # scoring prefixes, oldest first
-        self._cache_owner = object()
-        self.score_cache_size = score_cache_size
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="llama-engine", daemon=True)
@@ -459,16 +408,24 @@ class LlamaEngine:
         await self._submit("sync", _Job(None))
 
     @property
+    def score_cache_size(self) -> int:
+        """How many scored prompts the prefix cache keeps (see :meth:`next_token_logprobs`)."""
+        return self._pool.cache_size
+
+    @score_cache_size.setter
+    def score_cache_size(self, n: int) -> None:
+        self._pool.cache_size = n
+
+    @property
     def live_sequences(self) -> int:
         """KV sequences in use by particles, session roots or running jobs (not counting the
         cached scoring prefixes, which are freed whenever a slot is needed)."""
-        return sum(1 for s in self._slots if s.owner is not None
-                   and not (isinstance(s.owner, SeqHandle) and s.owner.owner is self._cache_owner))
+        return self._pool.live
 
     @property
     def cached_sequences(self) -> int:
         """KV sequences kept as scoring-prefix cache."""
-        return sum(1 for h in self._cache if h.resident)
+        return self._pool.cached
 
     def close(self) -> None:
         """Stop the engine thread and free the context and model (idempotent)."""
@@ -522,10 +479,7 @@ class LlamaEngine:
                 self._fail_all(BackendError("the llama.cpp engine was closed", kind="protocol"))
                 return False
             if kind == "release":
-                for h in payload:
-                    s = h.slot
-                    if s is not None and s.owner is h and not s.busy:
-                        self._free_slot(s)
+                self._pool.release(payload)
             elif kind == "extend":
                 self._jobs.append(payload)
                 self._start_extend(payload)
@@ -543,46 +497,13 @@ class LlamaEngine:
 
     # -- slots
 
-    def _free_slot(self, s: _Slot) -> None:
-        self._native.seq_rm(s.seq_id)
-        if isinstance(s.owner, SeqHandle) and s.owner.slot is s:
-            s.owner.slot = None
-        s.owner, s.busy, s.n_past = None, False, 0
-        self._free.append(s)
-
-    def _evictable(self) -> _Slot | None:
-        """The parked slot to evict: a cached scoring prefix first, else the least recently
-        used particle (its handle will rebuild the sequence from its tokens)."""
-        parked = [s for s in self._slots if not s.busy and isinstance(s.owner, SeqHandle)]
-        if not parked:
-            return None
-        return min(parked, key=lambda x: (x.owner.owner is not self._cache_owner, x.last_used))
-
-    def _alloc(self, owner: Any) -> _Slot | None:
-        """A free slot, else an evicted parked one (see :meth:`_evictable`), else None."""
-        if self._free:
-            s = self._free.popleft()
-        else:
-            s = self._evictable()
-            if s is None:
-                return None
-            self._free_slot(s)
-            self._free.remove(s)
-            self.stats.evictions += 1
-        s.owner, s.busy, s.n_past, s.last_used = owner, True, 0, self._tick_no
-        return s
-
-    def _park(self, s: _Slot, handle: SeqHandle) -> None:
-        s.owner, s.busy, s.last_used = handle, False, self._tick_no
-        handle.slot = s
-
     def _admit(self) -> None:
         while self._waiting:
             want = self._waiting[0]
             if want.job.aborted:
                 self._waiting.popleft()
                 continue
-            s = self._alloc(want.job)
+            s = self._pool.alloc(want.job)
             if s is None:
                 return
             self._waiting.popleft()
@@ -593,7 +514,7 @@ class LlamaEngine:
         return (r is not None and r.resident and r.slot is not None and not r.slot.busy
                 and state.root_logits is not None and r.slot.n_past == len(state.prompt))
 
-    def _prefill(self, job: _Job, slot: _Slot, tokens: list[int], state: SessionState | None,
+    def _prefill(self, job: _Job, slot: Slot, tokens: list[int], state: SessionState | None,
                  on_done: Callable[[int], None], *, from_root: bool) -> None:
         """Start decoding ``tokens`` after the prompt (``from_root``: copy the session's root
         sequence first) or, without a usable root, after re-reading the prompt too."""
@@ -601,7 +522,7 @@ class LlamaEngine:
             assert state.root is not None and state.root.slot is not None
             self._native.seq_cp(state.root.slot.seq_id, slot.seq_id)
             slot.n_past = len(state.prompt)
-            state.root.slot.last_used = self._tick_no
+            state.root.slot.last_used = self._pool.now
             pending = list(tokens)
         else:
             prompt = list(state.prompt) if (from_root and state is not None) else []
@@ -617,7 +538,7 @@ class LlamaEngine:
             h = spec.handle
             if spec.children == 0:
                 if h is not None and h.resident and h.slot is not None and not h.slot.busy:
-                    self._free_slot(h.slot)
+                    self._pool.free(h.slot)
                 continue
             if spec.root or (not spec.tokens and (h is None or not h.tokens)):
                 self._start_root(job, i)
@@ -633,7 +554,7 @@ class LlamaEngine:
             else:
                 toks = list(h.tokens if h is not None else spec.tokens)
 
-                def admit(slot: _Slot, i: int = i, toks: list[int] = toks) -> None:
+                def admit(slot: Slot, i: int = i, toks: list[int] = toks) -> None:
                     n0 = len(self._runs)
                     self._prefill(job, slot, toks, state, self._fork_cb(job, i, slot, keep=False),
                                   from_root=True)
@@ -654,10 +575,10 @@ class LlamaEngine:
                        feature=state.root_features)
             return
 
-        def admit(slot: _Slot) -> None:
+        def admit(slot: Slot) -> None:
             if state.root is not None and state.root.slot is not None \
                     and state.root.slot.owner is state.root:
-                self._free_slot(state.root.slot)
+                self._pool.free(state.root.slot)
             root = SeqHandle(state, ())
             state.root = root
             state.root_logits = None
@@ -666,7 +587,7 @@ class LlamaEngine:
                 old = state.root
                 if old is not root:  # a concurrent extend rebuilt the root meanwhile
                     if old is not None and old.slot is not None and old.slot.owner is old:
-                        self._free_slot(old.slot)
+                        self._pool.free(old.slot)
                     state.root = root
                 state.root_logits = self._row_logits[row].copy()
                 state.root_features = self._row_feature(row)
@@ -678,13 +599,13 @@ class LlamaEngine:
 
         self._waiting.append(_Want(job, admit))
 
-    def _fork_cb(self, job: _ExtendJob, i: int, slot: _Slot, keep: bool) -> Callable[[int], None]:
+    def _fork_cb(self, job: _ExtendJob, i: int, slot: Slot, keep: bool) -> Callable[[int], None]:
         def done(row: int) -> None:
             self._fork(job, i, slot, keep=keep, logits=self._row_logits[row],
                        feature=self._row_feature(row))
         return done
 
-    def _fork(self, job: _ExtendJob, i: int, slot: _Slot, *, keep: bool, logits: np.ndarray,
+    def _fork(self, job: _ExtendJob, i: int, slot: Slot, *, keep: bool, logits: np.ndarray,
               feature: np.ndarray | None) -> None:
         """The parent's logits are ready: make its children, copy its KV, sample first tokens."""
         state = job.state
@@ -697,7 +618,7 @@ class LlamaEngine:
         kids = [_Child(job, (i, j), base, carry, spec.seeds[j]) for j in range(spec.children)]
         n_copies = len(kids) if keep else len(kids) - 1
         for child in kids[:n_copies]:
-            target = self._alloc(child)
+            target = self._pool.alloc(child)
             if target is None:
                 self.stats.deferred += 1
                 continue
@@ -706,7 +627,7 @@ class LlamaEngine:
             child.slot = target
         if keep:
             assert state.root is not None
-            self._park(slot, state.root)
+            self._pool.park(slot, state.root)
         else:
             slot.owner = kids[-1]
             kids[-1].slot = slot
@@ -759,7 +680,7 @@ class LlamaEngine:
             self._runs.append(_Run(child.slot, [token], job, self._child_cb(child)))
             return
 
-        def admit(slot: _Slot) -> None:  # a deferred child: rebuild its sequence, then go on
+        def admit(slot: Slot) -> None:  # a deferred child: rebuild its sequence, then go on
             slot.owner = child
             child.slot = slot
             n0 = len(self._runs)
@@ -778,7 +699,7 @@ class LlamaEngine:
         job = child.job
         handle = SeqHandle(job.state, child.base + tuple(child.tokens), carry)
         if child.slot is not None:
-            self._park(child.slot, handle)
+            self._pool.park(child.slot, handle)
         job.handles.append(handle)
         step = Step(text=text, tokens=len(child.tokens), finish=child.finish or "step",
                     logprob=float(child.logprob), handle=handle, features=child.feature)
@@ -798,7 +719,7 @@ class LlamaEngine:
         if not job.done(out):  # the caller gave up: nobody will ever release these
             for h in job.handles:
                 if h.slot is not None and h.slot.owner is h:
-                    self._free_slot(h.slot)
+                    self._pool.free(h.slot)
 
     # -- scoring (judge rewards)
 
@@ -808,7 +729,7 @@ class LlamaEngine:
         self._start_shared(job, self._score_admit)
 
     def _start_shared(self, job: _ScoreJob | _ContinuationJob,
-                      admit_k: Callable[[Any, int], Callable[[_Slot], None]]) -> None:
+                      admit_k: Callable[[Any, int], Callable[[Slot], None]]) -> None:
         """Queue ``admit_k(job, k)`` for every ``job.prompts[k]``, after decoding (and
         caching) their common prefix once when it is long and not cached yet."""
         prompts = job.prompts
@@ -819,44 +740,44 @@ class LlamaEngine:
             while lcp < shortest and all(p[lcp] == first[lcp] for p in prompts):
                 lcp += 1
         prefix = prompts[0][:lcp]
-        if lcp < SHARE_MIN or lcp - self._best_cached(prefix)[1] < SHARE_MIN:
+        if lcp < SHARE_MIN or lcp - self._pool.best_cached(prefix)[1] < SHARE_MIN:
             for k in range(len(prompts)):
                 self._waiting.append(_Want(job, admit_k(job, k)))
             return
 
-        def admit_prefix(slot: _Slot) -> None:
+        def admit_prefix(slot: Slot) -> None:
             def done(row: int) -> None:
-                self._cache_prefix(slot, prefix)
+                self._pool.cache_prefix(slot, prefix)
                 for k in range(len(prompts)):
                     self._waiting.append(_Want(job, admit_k(job, k)))
-            self._runs.append(_Run(slot, self._start_from_cache(slot, prefix), job, done))
+            self._runs.append(_Run(slot, self._pool.start_from_cache(slot, prefix), job, done))
 
         self._waiting.append(_Want(job, admit_prefix))
 
-    def _score_admit(self, job: _ScoreJob, k: int) -> Callable[[_Slot], None]:
-        def admit(slot: _Slot) -> None:
+    def _score_admit(self, job: _ScoreJob, k: int) -> Callable[[Slot], None]:
+        def admit(slot: Slot) -> None:
             prompt = job.prompts[k]
 
             def done(row: int) -> None:
                 lg = self._row_logits[row]
                 lz = log_normalizers(lg[None, :])[0]
                 job.out[k] = lg[job.token_ids].astype(np.float64) - lz
-                self._cache_prefix(slot, prompt)
+                self._pool.cache_prefix(slot, prompt)
                 job.remaining -= 1
                 if job.remaining == 0:
                     self._jobs.remove(job)
                     job.done(job.out)
 
-            self._runs.append(_Run(slot, self._start_from_cache(slot, prompt), job, done))
+            self._runs.append(_Run(slot, self._pool.start_from_cache(slot, prompt), job, done))
         return admit
 
-    def _continuation_admit(self, job: _ContinuationJob, k: int) -> Callable[[_Slot], None]:
-        def admit(slot: _Slot) -> None:
+    def _continuation_admit(self, job: _ContinuationJob, k: int) -> Callable[[Slot], None]:
+        def admit(slot: Slot) -> None:
             context, target = job.prompts[k], job.targets[k]
             # Row j (j = 0..) predicts target[j]; with eos one more row predicts the end.
             n_rows = len(target) + job.eos
             decoded = context + (target if job.eos else target[:-1])
-            pending = self._start_from_cache(slot, context) + decoded[len(context):]
+            pending = self._pool.start_from_cache(slot, context) + decoded[len(context):]
             job.prompt_tokens += len(pending)
             p = job.params
             state = {"j": 0, "sum": 0.0}
@@ -871,11 +792,11 @@ class LlamaEngine:
 
             def done(row: int) -> None:
                 job.out[k] = state["sum"]
-                self._cache_prefix(slot, decoded)
+                self._pool.cache_prefix(slot, decoded)
                 self._score_done(job)
 
             if n_rows == 0:  # nothing to score: log 1
-                self._free_slot(slot)
+                self._pool.free(slot)
                 self._score_done(job)
                 return
             self._runs.append(_Run(slot, pending, job, done, rows=n_rows, on_rows=on_rows))
@@ -887,57 +808,15 @@ class LlamaEngine:
             self._jobs.remove(job)
             job.done(job.out)
 
-    def _best_cached(self, tokens: Sequence[int]) -> tuple[SeqHandle | None, int]:
-        """The cached scoring sequence sharing the longest prefix with ``tokens`` (at most
-        ``len(tokens) - 1``: one token must be decoded to get logits)."""
-        best, best_n = None, 0
-        if not tokens:
-            return None, 0
-        t = np.asarray(tokens, dtype=np.int64)
-        for h in self._cache:
-            if not h.resident:
-                continue
-            c = np.asarray(h.tokens, dtype=np.int64)
-            n = min(len(c), len(t) - 1)
-            diff = np.flatnonzero(c[:n] != t[:n])
-            common = int(diff[0]) if diff.size else n
-            if common > best_n:
-                best, best_n = h, common
-        return best, best_n
-
-    def _start_from_cache(self, slot: _Slot, tokens: Sequence[int]) -> list[int]:
-        """Copy the best cached prefix into ``slot``, cut it to the common part; return the
-        tokens still to decode."""
-        h, n = self._best_cached(tokens)
-        if h is not None and n >= SHARE_MIN and h.slot is not None:
-            self._native.seq_cp(h.slot.seq_id, slot.seq_id)
-            if self._native.seq_rm(slot.seq_id, n):
-                slot.n_past = n
-                h.slot.last_used = self._tick_no
-                self.stats.cached_prefix_tokens += n
-                return list(tokens[n:])
-            self._native.seq_rm(slot.seq_id)
-        return list(tokens)
-
-    def _cache_prefix(self, slot: _Slot, tokens: Sequence[int]) -> None:
-        """Keep a scored sequence as a cache entry (evicted first when slots run out)."""
-        h = SeqHandle(self._cache_owner, tuple(tokens))
-        self._park(slot, h)
-        self._cache = [c for c in self._cache if c.resident] + [h]
-        while len(self._cache) > self.score_cache_size:
-            old = self._cache.pop(0)
-            if old.slot is not None and old.slot.owner is old:
-                self._free_slot(old.slot)
-
     def clear_cache(self) -> None:
         """Drop the cached scoring prefixes (done before the next decode)."""
-        self._inbox.put(("release", list(self._cache)))
+        self._inbox.put(("release", list(self._pool.cache)))
 
     # -- the decode tick
 
     def _tick(self) -> None:
         nat = self._native
-        self._tick_no += 1
+        self._pool.now += 1
         budget = self.n_batch
         n = 0
         plan: list[tuple[_Run, int, list[int]]] = []  # run, tokens taken, output batch indices
@@ -955,7 +834,7 @@ class LlamaEngine:
             # alternating so that long prompts do not stall generation.
             singles = [r for r in runs if len(r.pending) == 1]
             multis = [r for r in runs if len(r.pending) > 1]
-            hold_last = bool(multis) and (not singles or self._tick_no % 2 == 0)
+            hold_last = bool(multis) and (not singles or self._pool.now % 2 == 0)
             runs = multis if hold_last else singles
             nat.set_embeddings(not hold_last)
         for run in runs:
@@ -984,10 +863,10 @@ class LlamaEngine:
         t0 = time.perf_counter()
         ret = nat.decode(n)
         while ret == 1:  # KV cache full: evict a parked sequence and retry
-            victim = self._evictable()
+            victim = self._pool.evictable()
             if victim is None:
                 break
-            self._free_slot(victim)
+            self._pool.free(victim)
             self.stats.evictions += 1
             ret = nat.decode(n)
         self.stats.decode_seconds += time.perf_counter() - t0
@@ -1011,7 +890,7 @@ class LlamaEngine:
         forced: list[tuple[_Run, list[int]]] = []
         for run, take, outs in plan:
             run.slot.n_past += take
-            run.slot.last_used = self._tick_no
+            run.slot.last_used = self._pool.now
             if run.job.state is not None:
                 run.job.state.decoded += take
             del run.pending[:take]
@@ -1062,14 +941,14 @@ class LlamaEngine:
             job.fail(err)
         self._runs = [r for r in self._runs if r.job is not job]
         self._waiting = deque(w for w in self._waiting if w.job is not job)
-        for s in self._slots:
+        for s in self._pool.slots:
             o = s.owner
             if o is job or (isinstance(o, _Child) and o.job is job):
-                self._free_slot(s)
+                self._pool.free(s)
         if isinstance(job, _ExtendJob):
             for h in job.handles:
                 if h.slot is not None and h.slot.owner is h:
-                    self._free_slot(h.slot)
+                    self._pool.free(h.slot)
         if job in self._jobs:
             self._jobs.remove(job)
 
@@ -1080,9 +959,9 @@ class LlamaEngine:
     def _close_session(self, state: SessionState | None) -> None:
         for job in [j for j in self._jobs if j.state is state]:
             self._abort(job, BackendError("the session was closed", kind="protocol"))
-        for s in self._slots:
+        for s in self._pool.slots:
             if isinstance(s.owner, SeqHandle) and s.owner.owner is state:
-                self._free_slot(s)
+                self._pool.free(s)
         if state is not None:
             state.root, state.root_logits, state.root_features = None, None, None
 

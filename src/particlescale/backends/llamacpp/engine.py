@@ -25,282 +25,63 @@ more particles than ``n_seq_max`` queue instead of failing.
 After a step, the step's last sampled token (the delimiter token, say) is *not* yet decoded:
 it is the sequence's pending token, decoded at the start of the next extend, before forking,
 so that dropped particles never cost a forward pass for it.
+
+The pieces, bottom up::
+
+    native.py     the llama.cpp model, context and batch buffer (ctypes)
+    tokens.py     tokenising, token pieces, chat prompts
+    slots.py      slots and handles: allocation, parking, eviction, the scoring prefix cache
+    scheduler.py  the thread's work lists and the job protocol (start, admit, on_row...)
+    extend.py     generation: extend / extend_to_end jobs, closing a session
+    jobs.py       scoring jobs (next-token and teacher-forced log-probs), small messages
+    engine.py     this: the public async API, the thread's loop and the decode tick
+
+The loop, on the engine thread::
+
+    take messages from the inbox      each one's start(): jobs ask for slots or queue runs
+    admit                             free (or evicted) slots go to waiting jobs, in order
+    sample                            children whose logits arrived draw their next token
+    tick                              one llama_decode over every run's next tokens; each
+                                      finished run hands its logits row to its job
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import itertools
 import logging
 import os
 import queue
 import threading
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from particlescale.backends.llamacpp.chat import render_chat
-from particlescale.backends.llamacpp.sampling import Sampler, log_normalizers, proposal_logprob
-from particlescale.backends.llamacpp.steptext import StepText
+from particlescale.backends.llamacpp.extend import (
+    CloseSession,
+    ExtendJob,
+    ExtendOutcome,
+    ParentSpec,
+    SessionState,
+    StopRule,
+)
+from particlescale.backends.llamacpp.jobs import ContinuationJob, Release, ScoreJob, Sync
+from particlescale.backends.llamacpp.native import (
+    EngineStats,
+    LlamaContext,
+    _llama,
+    default_threads,
+    repack_weights,
+)
+from particlescale.backends.llamacpp.scheduler import Message, Run, Scheduler
+from particlescale.backends.llamacpp.slots import SeqHandle, SlotPool
+from particlescale.backends.llamacpp.tokens import Vocab
 from particlescale.errors import BackendError, ModelError
 from particlescale.protocols import SamplingParams
-from particlescale.types import FinishReason, Step
 
 log = logging.getLogger(__name__)
-SHARE_MIN = 8  # shared prefixes shorter than this are not worth a copy
-
-
-def _llama() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelError(
-            "the embedded engine needs llama-cpp-python; run: pip install 'particlescale[llamacpp]'"
-        ) from None
-    return llama_cpp
-
-
-def repack_weights(L: Any) -> bool:
-    """Whether to let llama.cpp use its "extra" weight buffers (repacked CPU kernels).
-
-    They are faster, but a build compiled with ``-march=native`` on a CPU that advertises AMX
-    also routes batched matrix products through AMX tile instructions, which crash with an
-    illegal instruction on virtual machines that do not enable AMX. So the default is on unless
-    the llama.cpp build contains AMX kernels; ``PARTICLESCALE_LLAMA_REPACK=1|0`` overrides.
-    (Build llama-cpp-python with ``-mno-amx-tile -mno-amx-int8 -mno-amx-bf16`` to get both.)
-    """
-    env = os.environ.get("PARTICLESCALE_LLAMA_REPACK")
-    if env in ("0", "1"):
-        return env == "1"
-    return b"AMX_INT8 = 1" not in L.llama_print_system_info()
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Handles and engine-side bookkeeping (all mutated on the engine thread only, except
-# SeqHandle.state which the session sets when it consumes or releases a handle).
-
-
-class _Slot:
-    """One KV sequence id. ``owner`` is what holds it; ``busy`` slots are never evicted."""
-
-    __slots__ = ("busy", "last_used", "n_past", "owner", "seq_id")
-
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.n_past = 0
-        self.owner: Any = None
-        self.busy = False
-        self.last_used = 0
-
-
-class SeqHandle:
-    """The engine state of a particle after a step (``Step.handle``).
-
-    One object per sequence *use*: a handle is never recycled, so a stale handle (consumed by
-    an extend, released, or evicted from its slot) is recognised by identity, never confused
-    with a newer occupant of the same KV sequence. ``tokens`` are all tokens generated after
-    the prompt (the last one not yet decoded), so the sequence can always be rebuilt.
-    """
-
-    __slots__ = ("carry", "owner", "serial", "slot", "state", "tokens")
-    _serials = itertools.count()
-
-    def __init__(self, owner: Any, tokens: tuple[int, ...], carry: bytes = b"") -> None:
-        self.owner = owner
-        self.tokens = tokens
-        self.carry = carry
-        self.slot: _Slot | None = None
-        self.state = "live"  # live | consumed | released
-        self.serial = next(SeqHandle._serials)
-
-    @property
-    def resident(self) -> bool:
-        """True while the KV cache still holds this handle's sequence."""
-        slot = self.slot
-        return self.state == "live" and slot is not None and slot.owner is self
-
-    def __repr__(self) -> str:
-        where = f"seq {self.slot.seq_id}" if self.resident and self.slot else "not resident"
-        return f"<SeqHandle #{self.serial} {self.state} {len(self.tokens)} tokens, {where}>"
-
-
-@dataclass
-class SessionState:
-    """Engine-side state of one generation session (one problem)."""
-
-    prompt: tuple[int, ...]
-    root: SeqHandle | None = None
-    root_logits: np.ndarray | None = None
-    root_features: np.ndarray | None = None
-    prompt_decoded: int = 0  # tokens decoded that this session did not generate
-    decoded: int = 0  # every token decoded for this session
-
-
-@dataclass
-class ParentSpec:
-    """One parent of an extend: its handle if usable, else the tokens to rebuild it from."""
-
-    children: int
-    seeds: Sequence[int]
-    handle: SeqHandle | None = None
-    tokens: tuple[int, ...] = ()
-    carry: bytes = b""
-    root: bool = False  # the empty prefix: fork from the session's prompt
-
-
-# ``extend_to_end``'s stopping rule: (parent index, the step just ended, how many steps this
-# child has generated so far, counting that one) -> whether the child's solution is over.
-StopRule = Callable[[int, Step, int], bool]
-
-
-@dataclass
-class ExtendOutcome:
-    """``steps[i][j]``: child j of parent i, a Step (``extend``) or the list of Steps up to
-    the end of its solution (``extend_to_end``)."""
-
-    steps: list[list[Any]]
-    prompt_tokens: int
-    generated_tokens: int
-
-
-@dataclass
-class EngineStats:
-    """Counters since the engine started (read them between runs)."""
-
-    decode_calls: int = 0
-    decoded_tokens: int = 0
-    sampled_tokens: int = 0
-    evictions: int = 0
-    deferred: int = 0
-    max_sequences_per_decode: int = 0
-    max_sessions_per_decode: int = 0
-    decode_seconds: float = 0.0
-    cached_prefix_tokens: int = 0  # scoring tokens not decoded thanks to the prefix cache
-
-
-class _Job:
-    def __init__(self, state: SessionState | None) -> None:
-        self.state = state
-        self.future: Future = Future()
-        self.aborted = False
-        self.prompt_tokens = 0
-
-    def done(self, value: Any) -> bool:
-        try:
-            self.future.set_result(value)
-            return True
-        except InvalidStateError:  # cancelled by the caller
-            return False
-
-    def fail(self, err: BaseException) -> None:
-        self.aborted = True
-        with contextlib.suppress(InvalidStateError):
-            self.future.set_exception(err)
-
-
-class _Run:
-    """Tokens to decode into a slot; ``on_done(row)`` gets the logits row of the last one.
-
-    A teacher-forcing run (``on_rows`` set) wants a logits row for each of its last ``rows``
-    tokens: every tick that decodes some of them calls ``on_rows(rows)`` with their rows, in
-    order, before ``on_done``.
-    """
-
-    __slots__ = ("job", "on_done", "on_rows", "pending", "rows", "slot")
-
-    def __init__(self, slot: _Slot, pending: list[int], job: _Job,
-                 on_done: Callable[[int], None], *, rows: int = 1,
-                 on_rows: Callable[[list[int]], None] | None = None) -> None:
-        self.slot = slot
-        self.pending = pending
-        self.job = job
-        self.on_done = on_done
-        self.rows = rows
-        self.on_rows = on_rows
-
-
-@dataclass
-class _Want:
-    """Something waiting for a free slot; ``admit(slot)`` starts it."""
-
-    job: _Job
-    admit: Callable[[_Slot], None]
-
-
-class _Child:
-    """One child being generated: its step text, tokens and RNG stream."""
-
-    __slots__ = ("base", "done", "feature", "finish", "job", "logprob", "params", "pos", "rng",
-                 "slot", "text", "tokens")
-
-    def __init__(self, job: _ExtendJob, pos: tuple[int, int], base: tuple[int, ...],
-                 carry: bytes, seed: int) -> None:
-        self.job = job
-        self.pos = pos
-        self.base = base
-        self.params = job.params
-        self.rng = np.random.default_rng(int(seed))
-        self.text = StepText(job.params.delimiter, carry)
-        self.tokens: list[int] = []
-        self.logprob = 0.0
-        self.slot: _Slot | None = None
-        self.finish: FinishReason | None = None
-        self.feature: np.ndarray | None = None
-        self.done: list[Step] = []  # steps already ended, under extend_to_end
-
-
-class _ExtendJob(_Job):
-    def __init__(self, state: SessionState, specs: list[ParentSpec],
-                 params: SamplingParams, until: StopRule | None = None) -> None:
-        super().__init__(state)
-        self.specs = specs
-        self.params = params
-        self.until = until
-        self.results: list[list[Any]] = [[None] * s.children for s in specs]
-        self.remaining = sum(s.children for s in specs)
-        self.generated = 0
-        self.handles: list[SeqHandle] = []
-
-
-class _ScoreJob(_Job):
-    def __init__(self, prompts: list[list[int]], token_ids: list[int]) -> None:
-        super().__init__(None)
-        self.prompts = prompts
-        self.token_ids = np.asarray(token_ids, dtype=np.int64)
-        self.out = np.full((len(prompts), len(token_ids)), np.nan)
-        self.remaining = len(prompts)
-
-
-class _ContinuationJob(_Job):
-    """Teacher-forced log-probabilities of ``targets[k]`` after ``contexts[k]``."""
-
-    def __init__(self, contexts: list[list[int]], targets: list[list[int]], eos: bool,
-                 params: SamplingParams, eog: np.ndarray) -> None:
-        super().__init__(None)
-        self.prompts = contexts  # the shared-prefix logic reads ``prompts``
-        self.targets = targets
-        self.eos = eos
-        self.params = params
-        self.eog = eog
-        self.out = np.zeros(len(contexts))
-        self.remaining = len(contexts)
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class LlamaEngine:
@@ -339,78 +120,23 @@ class LlamaEngine:
         self.path = Path(resolve(model))
         self.model_name = model if isinstance(model, str) and not model.endswith(".gguf") \
             else self.path.stem
-        self._L = L
-        if not verbose:
-            from llama_cpp._logger import set_verbose
-
-            set_verbose(False)
-        L.llama_backend_init()
-        mparams = L.llama_model_default_params()
-        mparams.use_extra_bufts = repack_weights(L) if repack is None else repack
-        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise ModelError(f"model: llama.cpp could not load {self.path}; is it a valid GGUF for "
-                             "this llama.cpp version?")
-        threads = n_threads or default_threads()
-        cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_batch
-        cp.n_ubatch = n_batch
-        cp.n_seq_max = n_seq_max
-        cp.n_threads = threads
-        cp.n_threads_batch = threads
-        cp.kv_unified = True
-        cp.embeddings = embeddings
-        # At most one output row per sequence per decode: size the logits buffer for that,
-        # not for n_batch rows (n_batch x 152k floats would be ~300 MB for nothing).
-        cp.n_outputs_max = n_seq_max
-        if flash_attn is not None:
-            cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                  else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
-        cp.no_perf = True
-        self._ctx = L.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            L.llama_model_free(self._model)
-            raise ModelError(f"llama.cpp could not create a context (n_ctx={n_ctx}, "
-                             f"n_seq_max={n_seq_max}); try smaller values")
-        self._mem = L.llama_get_memory(self._ctx)
-        self._vocab = L.llama_model_get_vocab(self._model)
-        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
-        self.n_embd = int(L.llama_model_n_embd(self._model))
-        self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self._native = nat = LlamaContext(
+            self.path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch,
+            threads=n_threads or default_threads(), embeddings=embeddings, repack=repack,
+            flash_attn=flash_attn, verbose=verbose)
+        self._model = nat.model  # benchmarks/bench_value_features.py opens a second context
+        self.n_vocab = nat.n_vocab
+        self.n_embd = nat.n_embd
+        self.n_ctx = nat.n_ctx
         self.n_seq_max = n_seq_max
         self.n_batch = n_batch
         self.embeddings = embeddings
-        self._emb_on = embeddings
-        tmpl = L.llama_model_chat_template(self._model, None)
-        self.chat_template: str | None = tmpl.decode("utf-8") if tmpl else None
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
-        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
-        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
-        self._b_nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
-        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
-        self._b_nseq[:] = 1
-        self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
-        self._sampler = Sampler(self.n_vocab)  # used on the engine thread only
-
+        self.chat_template = nat.chat_template
+        self._vocab = Vocab(nat.L, nat.vocab, nat.n_vocab, nat.chat_template)
         self.stats = EngineStats()
-        self._slots = [_Slot(i) for i in range(n_seq_max)]
-        self._free: deque[_Slot] = deque(self._slots)
-        self._runs: list[_Run] = []
-        self._waiting: deque[_Want] = deque()
-        self._jobs: list[_Job] = []
-        self._tick_no = 0
-        # (child, logits row, feature row, index) to sample, filled by forks and decodes
-        self._sample_queue: list[tuple[_Child, np.ndarray, np.ndarray | None, int]] = []
-        self._row_logits: list[np.ndarray] = []
-        self._row_features: list[np.ndarray | None] | None = None
-        self._cache: list[SeqHandle] = []  # scoring prefixes, oldest first
-        self._cache_owner = object()
-        self._eog_ids: np.ndarray | None = None
-        self.score_cache_size = score_cache_size
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool = SlotPool(nat, n_seq_max, self.stats, score_cache_size)
+        self._sched = Scheduler(self._pool, self._vocab, self.stats)
+        self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()  # None: stop
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="llama-engine", daemon=True)
         self._thread.start()
@@ -420,66 +146,32 @@ class LlamaEngine:
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False
                  ) -> list[int]:
         """Text → token ids (``parse_special`` turns ``<|im_start|>`` etc. into their ids)."""
-        raw = text.encode("utf-8")
-        cap = len(raw) + 8
-        buf = (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (self._L.llama_token * cap)()
-            n = self._L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special,
-                                       parse_special)
-        return list(buf[:n])
+        return self._vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing)."""
-        p = self._pieces.get(token)
-        if p is None:  # once per token id; a local buffer, as any thread may call this
-            buf = ctypes.create_string_buffer(64)
-            n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            p = buf.raw[:n]
-            self._pieces[token] = p
-        return p
+        return self._vocab.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(int(t)) for t in tokens).decode("utf-8", errors="replace")
+        return self._vocab.detokenize(tokens)
 
     def is_eog(self, token: int) -> bool:
-        e = self._eog.get(token)
-        if e is None:
-            e = self._eog[token] = bool(self._L.llama_vocab_is_eog(self._vocab, token))
-        return e
+        return self._vocab.is_eog(token)
 
-    def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        buf = ctypes.create_string_buffer(128)
-        n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+    def eog_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id (EOS, end of turn...): generation stops at any."""
+        return self._vocab.eog_tokens()
 
     def render_chat(self, messages: Sequence[dict[str, str]], *,
                     add_generation_prompt: bool = True) -> str:
         """The model's chat template (from the GGUF) applied to ``messages``."""
-        return render_chat(
-            self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self._special_text(self._L.llama_vocab_bos(self._vocab)),
-            eos_token=self._special_text(self._L.llama_vocab_eos(self._vocab)),
-        )
+        return self._vocab.render_chat(messages, add_generation_prompt=add_generation_prompt)
 
     def chat_tokens(self, messages: Sequence[dict[str, str]], *,
                     add_generation_prompt: bool = True) -> list[int]:
         """Rendered chat prompt → tokens (special tokens parsed; BOS added if the model wants it
         and the template did not write it)."""
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
-        toks = self.tokenize(text, parse_special=True)
-        bos = int(self._L.llama_vocab_bos(self._vocab))
-        if (self._L.llama_vocab_get_add_bos(self._vocab) and bos >= 0
-                and (not toks or toks[0] != bos)):
-            toks.insert(0, bos)
-        return toks
+        return self._vocab.chat_tokens(messages, add_generation_prompt=add_generation_prompt)
 
     # ----------------------------------------------------------------- public async API
 
@@ -493,8 +185,7 @@ class LlamaEngine:
 
     async def extend(self, state: SessionState, specs: list[ParentSpec],
                      params: SamplingParams) -> ExtendOutcome:
-        job = _ExtendJob(state, specs, params)
-        return await self._submit("extend", job)
+        return await self._submit(ExtendJob(state, specs, params))
 
     async def extend_to_end(self, state: SessionState, specs: list[ParentSpec],
                             params: SamplingParams, until: StopRule) -> ExtendOutcome:
@@ -505,17 +196,15 @@ class LlamaEngine:
         steps), so nothing needs the others' steps first. The whole job runs on the engine
         thread: its batches do not depend on when the caller gets to ask for a next step.
         """
-        job = _ExtendJob(state, specs, params, until)
-        return await self._submit("extend", job)
+        return await self._submit(ExtendJob(state, specs, params, until))
 
     def release(self, handles: Sequence[SeqHandle]) -> None:
         """Free the sequences of these handles (non-blocking; done before the next decode)."""
         if handles:
-            self._inbox.put(("release", list(handles)))
+            self._inbox.put(Release(list(handles)))
 
     async def close_session(self, state: SessionState) -> None:
-        job = _Job(state)
-        await self._submit("close_session", job)
+        await self._submit(CloseSession(state))
 
     async def next_token_logprobs(self, prompts: Sequence[Sequence[int]],
                                   token_ids: Sequence[int]) -> np.ndarray:
@@ -533,8 +222,8 @@ class LlamaEngine:
             raise ValueError("prompts: every prompt needs at least one token")
         if any(not 0 <= int(t) < self.n_vocab for t in token_ids):
             raise ValueError(f"token_ids: must be in [0, {self.n_vocab})")
-        job = _ScoreJob([list(map(int, p)) for p in prompts], list(map(int, token_ids)))
-        return await self._submit("score", job)
+        job = ScoreJob([list(map(int, p)) for p in prompts], list(map(int, token_ids)))
+        return await self._submit(job)
 
     async def continuation_logprobs(self, contexts: Sequence[Sequence[int]],
                                     continuations: Sequence[Sequence[int]], *, eos: bool,
@@ -564,46 +253,48 @@ class LlamaEngine:
             raise BackendError(f"a continuation to score has {longest} tokens in all, more than "
                                f"n_ctx={self.n_ctx} holds; create the engine with a larger "
                                "n_ctx", kind="protocol")
-        job = _ContinuationJob([list(map(int, c)) for c in contexts],
-                               [list(map(int, t)) for t in continuations], eos, params,
-                               self.eog_tokens())
-        out = await self._submit("continuation", job)
+        job = ContinuationJob([list(map(int, c)) for c in contexts],
+                              [list(map(int, t)) for t in continuations], eos, params,
+                              self.eog_tokens())
+        out = await self._submit(job)
         return out, job.prompt_tokens
 
-    def eog_tokens(self) -> np.ndarray:
-        """Every end-of-generation token id (EOS, end of turn...): generation stops at any."""
-        if self._eog_ids is None:
-            self._eog_ids = np.array([t for t in range(self.n_vocab) if self.is_eog(t)],
-                                     dtype=np.int64)
-        return self._eog_ids
+    def clear_cache(self) -> None:
+        """Drop the cached scoring prefixes (done before the next decode)."""
+        self._inbox.put(Release(list(self._pool.cache)))
 
     async def sync(self) -> None:
         """Wait until every message sent so far (releases included) has been processed."""
-        await self._submit("sync", _Job(None))
+        await self._submit(Sync())
+
+    @property
+    def score_cache_size(self) -> int:
+        """How many scored prompts the prefix cache keeps (see :meth:`next_token_logprobs`)."""
+        return self._pool.cache_size
+
+    @score_cache_size.setter
+    def score_cache_size(self, n: int) -> None:
+        self._pool.cache_size = n
 
     @property
     def live_sequences(self) -> int:
         """KV sequences in use by particles, session roots or running jobs (not counting the
         cached scoring prefixes, which are freed whenever a slot is needed)."""
-        return sum(1 for s in self._slots if s.owner is not None
-                   and not (isinstance(s.owner, SeqHandle) and s.owner.owner is self._cache_owner))
+        return self._pool.live
 
     @property
     def cached_sequences(self) -> int:
         """KV sequences kept as scoring-prefix cache."""
-        return sum(1 for h in self._cache if h.resident)
+        return self._pool.cached
 
     def close(self) -> None:
         """Stop the engine thread and free the context and model (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        self._inbox.put(("stop", None))
+        self._inbox.put(None)
         self._thread.join()
-        L = self._L
-        L.llama_batch_free(self._batch)
-        L.llama_free(self._ctx)
-        L.llama_model_free(self._model)
+        self._native.free()
 
     def __enter__(self) -> LlamaEngine:
         return self
@@ -611,468 +302,58 @@ class LlamaEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def _submit(self, kind: str, job: _Job) -> Any:
+    async def _submit(self, msg: Message) -> Any:
         if self._closed:
             raise BackendError("the llama.cpp engine is closed", kind="protocol")
-        self._inbox.put((kind, job))
-        return await asyncio.wrap_future(job.future)
+        self._inbox.put(msg)
+        return await asyncio.wrap_future(msg.future)
 
     # ----------------------------------------------------------------- engine thread
 
     def _loop(self) -> None:
+        sched = self._sched
         while True:
             try:
-                if not self._drain(block=not self._runs and not self._waiting):
+                if not self._drain(block=not sched.runs and not sched.waiting):
                     return
-                self._reap_cancelled()
-                self._admit()
-                self._sample_pending()  # children forked from a cached root, if any
-                if self._runs:
+                sched.reap_cancelled()
+                sched.admit()
+                sched.sample()  # children forked from a cached root, if any
+                if sched.runs:
                     self._tick()
-                elif self._waiting:  # cannot happen unless slots leak: fail rather than hang
-                    self._fail_all(BackendError("no KV sequence can be freed for queued work; "
+                elif sched.waiting:  # cannot happen unless slots leak: fail rather than hang
+                    sched.fail_all(BackendError("no KV sequence can be freed for queued work; "
                                                 "raise n_seq_max", kind="protocol"))
             except Exception as e:  # a bug must not hang every caller
                 log.exception("llama engine error")
-                self._fail_all(BackendError(f"llama engine error: {e}", kind="protocol"))
+                sched.fail_all(BackendError(f"llama engine error: {e}", kind="protocol"))
 
     def _drain(self, block: bool) -> bool:
-        """Handle queued messages; False when asked to stop."""
+        """Start every queued message; False when asked to stop."""
         while True:
             try:
-                kind, payload = self._inbox.get(block=block)
+                msg = self._inbox.get(block=block)
             except queue.Empty:
                 return True
             block = False
-            if kind == "stop":
-                self._fail_all(BackendError("the llama.cpp engine was closed", kind="protocol"))
+            if msg is None:
+                self._sched.fail_all(BackendError("the llama.cpp engine was closed",
+                                                  kind="protocol"))
                 return False
-            if kind == "release":
-                for h in payload:
-                    s = h.slot
-                    if s is not None and s.owner is h and not s.busy:
-                        self._free_slot(s)
-            elif kind == "extend":
-                self._jobs.append(payload)
-                self._start_extend(payload)
-            elif kind == "score":
-                self._jobs.append(payload)
-                self._start_score(payload)
-            elif kind == "continuation":
-                self._jobs.append(payload)
-                self._start_shared(payload, self._continuation_admit)
-            elif kind == "close_session":
-                self._close_session(payload.state)
-                payload.done(None)
-            elif kind == "sync":
-                payload.done(None)
-
-    # -- slots
-
-    def _free_slot(self, s: _Slot) -> None:
-        self._L.llama_memory_seq_rm(self._mem, s.seq_id, -1, -1)
-        if isinstance(s.owner, SeqHandle) and s.owner.slot is s:
-            s.owner.slot = None
-        s.owner, s.busy, s.n_past = None, False, 0
-        self._free.append(s)
-
-    def _evictable(self) -> _Slot | None:
-        """The parked slot to evict: a cached scoring prefix first, else the least recently
-        used particle (its handle will rebuild the sequence from its tokens)."""
-        parked = [s for s in self._slots if not s.busy and isinstance(s.owner, SeqHandle)]
-        if not parked:
-            return None
-        return min(parked, key=lambda x: (x.owner.owner is not self._cache_owner, x.last_used))
-
-    def _alloc(self, owner: Any) -> _Slot | None:
-        """A free slot, else an evicted parked one (see :meth:`_evictable`), else None."""
-        if self._free:
-            s = self._free.popleft()
-        else:
-            s = self._evictable()
-            if s is None:
-                return None
-            self._free_slot(s)
-            self._free.remove(s)
-            self.stats.evictions += 1
-        s.owner, s.busy, s.n_past, s.last_used = owner, True, 0, self._tick_no
-        return s
-
-    def _park(self, s: _Slot, handle: SeqHandle) -> None:
-        s.owner, s.busy, s.last_used = handle, False, self._tick_no
-        handle.slot = s
-
-    def _admit(self) -> None:
-        while self._waiting:
-            want = self._waiting[0]
-            if want.job.aborted:
-                self._waiting.popleft()
-                continue
-            s = self._alloc(want.job)
-            if s is None:
-                return
-            self._waiting.popleft()
-            want.admit(s)
-
-    def _root_ready(self, state: SessionState) -> bool:
-        r = state.root
-        return (r is not None and r.resident and r.slot is not None and not r.slot.busy
-                and state.root_logits is not None and r.slot.n_past == len(state.prompt))
-
-    def _prefill(self, job: _Job, slot: _Slot, tokens: list[int], state: SessionState | None,
-                 on_done: Callable[[int], None], *, from_root: bool) -> None:
-        """Start decoding ``tokens`` after the prompt (``from_root``: copy the session's root
-        sequence first) or, without a usable root, after re-reading the prompt too."""
-        if from_root and state is not None and self._root_ready(state):
-            assert state.root is not None and state.root.slot is not None
-            self._L.llama_memory_seq_cp(self._mem, state.root.slot.seq_id, slot.seq_id, -1, -1)
-            slot.n_past = len(state.prompt)
-            state.root.slot.last_used = self._tick_no
-            pending = list(tokens)
-        else:
-            prompt = list(state.prompt) if (from_root and state is not None) else []
-            pending = prompt + list(tokens)
-        self._runs.append(_Run(slot, pending, job, on_done))
-
-    # -- extend
-
-    def _start_extend(self, job: _ExtendJob) -> None:
-        state = job.state
-        assert state is not None
-        for i, spec in enumerate(job.specs):
-            h = spec.handle
-            if spec.children == 0:
-                if h is not None and h.resident and h.slot is not None and not h.slot.busy:
-                    self._free_slot(h.slot)
-                continue
-            if spec.root or (not spec.tokens and (h is None or not h.tokens)):
-                self._start_root(job, i)
-            elif h is not None and h.slot is not None and h.slot.owner is h and not h.slot.busy:
-                s = h.slot
-                s.owner, s.busy = job, True
-                h.slot = None
-                full = state.prompt + h.tokens
-                pending = list(full[s.n_past:])
-                if not pending:  # cannot happen: the last sampled token is always pending
-                    raise RuntimeError("resident parent without a pending token")
-                self._runs.append(_Run(s, pending, job, self._fork_cb(job, i, s, keep=False)))
-            else:
-                toks = list(h.tokens if h is not None else spec.tokens)
-
-                def admit(slot: _Slot, i: int = i, toks: list[int] = toks) -> None:
-                    n0 = len(self._runs)
-                    self._prefill(job, slot, toks, state, self._fork_cb(job, i, slot, keep=False),
-                                  from_root=True)
-                    job.prompt_tokens += len(self._runs[n0].pending) - 1
-
-                self._waiting.append(_Want(job, admit))
-        if job.remaining == 0:
-            self._complete_extend(job)
-
-    def _start_root(self, job: _ExtendJob, i: int) -> None:
-        state = job.state
-        assert state is not None
-        if self._root_ready(state):
-            assert state.root is not None and state.root.slot is not None
-            s = state.root.slot
-            s.busy = True
-            self._fork(job, i, s, keep=True, logits=state.root_logits,
-                       feature=state.root_features)
-            return
-
-        def admit(slot: _Slot) -> None:
-            if state.root is not None and state.root.slot is not None \
-                    and state.root.slot.owner is state.root:
-                self._free_slot(state.root.slot)
-            root = SeqHandle(state, ())
-            state.root = root
-            state.root_logits = None
-
-            def done(row: int) -> None:
-                old = state.root
-                if old is not root:  # a concurrent extend rebuilt the root meanwhile
-                    if old is not None and old.slot is not None and old.slot.owner is old:
-                        self._free_slot(old.slot)
-                    state.root = root
-                state.root_logits = self._row_logits[row].copy()
-                state.root_features = self._row_feature(row)
-                self._fork(job, i, slot, keep=True, logits=state.root_logits,
-                           feature=state.root_features)
-
-            job.prompt_tokens += len(state.prompt)
-            self._runs.append(_Run(slot, list(state.prompt), job, done))
-
-        self._waiting.append(_Want(job, admit))
-
-    def _fork_cb(self, job: _ExtendJob, i: int, slot: _Slot, keep: bool) -> Callable[[int], None]:
-        def done(row: int) -> None:
-            self._fork(job, i, slot, keep=keep, logits=self._row_logits[row],
-                       feature=self._row_feature(row))
-        return done
-
-    def _fork(self, job: _ExtendJob, i: int, slot: _Slot, *, keep: bool, logits: np.ndarray,
-              feature: np.ndarray | None) -> None:
-        """The parent's logits are ready: make its children, copy its KV, sample first tokens."""
-        state = job.state
-        assert state is not None
-        spec = job.specs[i]
-        base = spec.tokens if spec.handle is None else spec.handle.tokens
-        carry = spec.carry if spec.handle is None else spec.handle.carry
-        if spec.root:
-            base, carry = (), b""
-        kids = [_Child(job, (i, j), base, carry, spec.seeds[j]) for j in range(spec.children)]
-        n_copies = len(kids) if keep else len(kids) - 1
-        for child in kids[:n_copies]:
-            target = self._alloc(child)
-            if target is None:
-                self.stats.deferred += 1
-                continue
-            self._L.llama_memory_seq_cp(self._mem, slot.seq_id, target.seq_id, -1, -1)
-            target.n_past = slot.n_past
-            child.slot = target
-        if keep:
-            assert state.root is not None
-            self._park(slot, state.root)
-        else:
-            slot.owner = kids[-1]
-            kids[-1].slot = slot
-        for j, child in enumerate(kids):
-            self._sample_queue.append((child, logits, feature, j))
-
-    def _child_step(self, child: _Child, token: int, logprob: float,
-                    feature: np.ndarray | None) -> None:
-        """Accept a sampled token; finish the step or schedule the token's decode."""
-        child.tokens.append(token)
-        child.logprob += logprob
-        child.job.generated += 1
-        if feature is not None:
-            child.feature = feature
-        p = child.params
-        carry = b""
-        if self.is_eog(token):
-            child.finish = "eos"
-            text, _ = child.text.cut(final=True)
-        else:
-            at = child.text.add(self.piece(token))
-            if at >= 0:
-                child.finish = "step"
-                text, carry = child.text.split(at)
-            elif len(child.tokens) >= p.max_step_tokens:
-                child.finish = "length"
-                text, carry = child.text.cut(final=False)
-            else:
-                self._continue(child, token)
-                return
-        job = child.job
-        if job.until is not None and child.finish != "eos":
-            step = Step(text=text, tokens=len(child.tokens), finish=child.finish,
-                        logprob=float(child.logprob), features=child.feature)
-            if not job.until(child.pos[0], step, len(child.done) + 1):
-                # Not over: keep the step, start the next one on the same sequence (the token
-                # that ended this step is decoded next, exactly as if the step had not ended).
-                child.done.append(step)
-                child.base = child.base + tuple(child.tokens)
-                child.tokens, child.logprob, child.feature = [], 0.0, None
-                child.finish = None
-                child.text = StepText(p.delimiter, carry)
-                self._continue(child, token)
-                return
-        self._finish_child(child, text, carry)
-
-    def _continue(self, child: _Child, token: int) -> None:
-        job = child.job
-        if child.slot is not None:
-            self._runs.append(_Run(child.slot, [token], job, self._child_cb(child)))
-            return
-
-        def admit(slot: _Slot) -> None:  # a deferred child: rebuild its sequence, then go on
-            slot.owner = child
-            child.slot = slot
-            n0 = len(self._runs)
-            self._prefill(job, slot, list(child.base) + child.tokens, job.state,
-                          self._child_cb(child), from_root=True)
-            job.prompt_tokens += len(self._runs[n0].pending) - 1
-
-        self._waiting.append(_Want(job, admit))
-
-    def _child_cb(self, child: _Child) -> Callable[[int], None]:
-        def done(row: int) -> None:
-            self._sample_queue.append((child, self._row_logits[row], self._row_feature(row), -1))
-        return done
-
-    def _finish_child(self, child: _Child, text: str, carry: bytes) -> None:
-        job = child.job
-        handle = SeqHandle(job.state, child.base + tuple(child.tokens), carry)
-        if child.slot is not None:
-            self._park(child.slot, handle)
-        job.handles.append(handle)
-        step = Step(text=text, tokens=len(child.tokens), finish=child.finish or "step",
-                    logprob=float(child.logprob), handle=handle, features=child.feature)
-        i, j = child.pos
-        job.results[i][j] = step if job.until is None else [*child.done, step]
-        job.remaining -= 1
-        if job.remaining == 0:
-            self._complete_extend(job)
-
-    def _complete_extend(self, job: _ExtendJob) -> None:
-        self._jobs.remove(job)
-        state = job.state
-        assert state is not None
-        state.prompt_decoded += job.prompt_tokens
-        out = ExtendOutcome(steps=[list(r) for r in job.results],  # type: ignore[misc]
-                            prompt_tokens=job.prompt_tokens, generated_tokens=job.generated)
-        if not job.done(out):  # the caller gave up: nobody will ever release these
-            for h in job.handles:
-                if h.slot is not None and h.slot.owner is h:
-                    self._free_slot(h.slot)
-
-    # -- scoring (judge rewards)
-
-    def _start_score(self, job: _ScoreJob) -> None:
-        """Score prompts; their common prefix is decoded once (starting from the longest
-        cached prefix), and every decoded prompt stays cached for later calls."""
-        self._start_shared(job, self._score_admit)
-
-    def _start_shared(self, job: _ScoreJob | _ContinuationJob,
-                      admit_k: Callable[[Any, int], Callable[[_Slot], None]]) -> None:
-        """Queue ``admit_k(job, k)`` for every ``job.prompts[k]``, after decoding (and
-        caching) their common prefix once when it is long and not cached yet."""
-        prompts = job.prompts
-        lcp = 0
-        if len(prompts) > 1:
-            shortest = min(len(p) for p in prompts) - 1
-            first = prompts[0]
-            while lcp < shortest and all(p[lcp] == first[lcp] for p in prompts):
-                lcp += 1
-        prefix = prompts[0][:lcp]
-        if lcp < SHARE_MIN or lcp - self._best_cached(prefix)[1] < SHARE_MIN:
-            for k in range(len(prompts)):
-                self._waiting.append(_Want(job, admit_k(job, k)))
-            return
-
-        def admit_prefix(slot: _Slot) -> None:
-            def done(row: int) -> None:
-                self._cache_prefix(slot, prefix)
-                for k in range(len(prompts)):
-                    self._waiting.append(_Want(job, admit_k(job, k)))
-            self._runs.append(_Run(slot, self._start_from_cache(slot, prefix), job, done))
-
-        self._waiting.append(_Want(job, admit_prefix))
-
-    def _score_admit(self, job: _ScoreJob, k: int) -> Callable[[_Slot], None]:
-        def admit(slot: _Slot) -> None:
-            prompt = job.prompts[k]
-
-            def done(row: int) -> None:
-                lg = self._row_logits[row]
-                lz = log_normalizers(lg[None, :])[0]
-                job.out[k] = lg[job.token_ids].astype(np.float64) - lz
-                self._cache_prefix(slot, prompt)
-                job.remaining -= 1
-                if job.remaining == 0:
-                    self._jobs.remove(job)
-                    job.done(job.out)
-
-            self._runs.append(_Run(slot, self._start_from_cache(slot, prompt), job, done))
-        return admit
-
-    def _continuation_admit(self, job: _ContinuationJob, k: int) -> Callable[[_Slot], None]:
-        def admit(slot: _Slot) -> None:
-            context, target = job.prompts[k], job.targets[k]
-            # Row j (j = 0..) predicts target[j]; with eos one more row predicts the end.
-            n_rows = len(target) + job.eos
-            decoded = context + (target if job.eos else target[:-1])
-            pending = self._start_from_cache(slot, context) + decoded[len(context):]
-            job.prompt_tokens += len(pending)
-            p = job.params
-            state = {"j": 0, "sum": 0.0}
-
-            def on_rows(rows: list[int]) -> None:
-                for r in rows:
-                    j = state["j"]
-                    want = job.eog if j == len(target) else target[j]
-                    state["sum"] += proposal_logprob(self._row_logits[r], want, p.temperature,
-                                                     p.top_p)
-                    state["j"] = j + 1
-
-            def done(row: int) -> None:
-                job.out[k] = state["sum"]
-                self._cache_prefix(slot, decoded)
-                self._score_done(job)
-
-            if n_rows == 0:  # nothing to score: log 1
-                self._free_slot(slot)
-                self._score_done(job)
-                return
-            self._runs.append(_Run(slot, pending, job, done, rows=n_rows, on_rows=on_rows))
-        return admit
-
-    def _score_done(self, job: _ContinuationJob) -> None:
-        job.remaining -= 1
-        if job.remaining == 0:
-            self._jobs.remove(job)
-            job.done(job.out)
-
-    def _best_cached(self, tokens: Sequence[int]) -> tuple[SeqHandle | None, int]:
-        """The cached scoring sequence sharing the longest prefix with ``tokens`` (at most
-        ``len(tokens) - 1``: one token must be decoded to get logits)."""
-        best, best_n = None, 0
-        if not tokens:
-            return None, 0
-        t = np.asarray(tokens, dtype=np.int64)
-        for h in self._cache:
-            if not h.resident:
-                continue
-            c = np.asarray(h.tokens, dtype=np.int64)
-            n = min(len(c), len(t) - 1)
-            diff = np.flatnonzero(c[:n] != t[:n])
-            common = int(diff[0]) if diff.size else n
-            if common > best_n:
-                best, best_n = h, common
-        return best, best_n
-
-    def _start_from_cache(self, slot: _Slot, tokens: Sequence[int]) -> list[int]:
-        """Copy the best cached prefix into ``slot``, cut it to the common part; return the
-        tokens still to decode."""
-        h, n = self._best_cached(tokens)
-        if h is not None and n >= SHARE_MIN and h.slot is not None:
-            mem, sid = self._mem, slot.seq_id
-            self._L.llama_memory_seq_cp(mem, h.slot.seq_id, sid, -1, -1)
-            if self._L.llama_memory_seq_rm(mem, sid, n, -1):
-                slot.n_past = n
-                h.slot.last_used = self._tick_no
-                self.stats.cached_prefix_tokens += n
-                return list(tokens[n:])
-            self._L.llama_memory_seq_rm(mem, sid, -1, -1)
-        return list(tokens)
-
-    def _cache_prefix(self, slot: _Slot, tokens: Sequence[int]) -> None:
-        """Keep a scored sequence as a cache entry (evicted first when slots run out)."""
-        h = SeqHandle(self._cache_owner, tuple(tokens))
-        self._park(slot, h)
-        self._cache = [c for c in self._cache if c.resident] + [h]
-        while len(self._cache) > self.score_cache_size:
-            old = self._cache.pop(0)
-            if old.slot is not None and old.slot.owner is old:
-                self._free_slot(old.slot)
-
-    def clear_cache(self) -> None:
-        """Drop the cached scoring prefixes (done before the next decode)."""
-        self._inbox.put(("release", list(self._cache)))
-
-    # -- the decode tick
+            self._sched.take(msg)
 
     def _tick(self) -> None:
-        L = self._L
-        self._tick_no += 1
+        """One decode: plan the batch from the runs, decode, hand the rows to the jobs."""
+        sched, nat, pool, st = self._sched, self._native, self._pool, self.stats
+        pool.now += 1
         budget = self.n_batch
         n = 0
-        plan: list[tuple[_Run, int, list[int]]] = []  # run, tokens taken, output batch indices
-        seq_ids = self._batch.seq_id
+        plan: list[tuple[Run, int, list[int]]] = []  # run, tokens taken, output batch indices
+        seq_ids = nat.seq_ids
         # Generation steps (one token each) first so they are never starved by long prompts;
         # teacher-forcing runs last: they take the output rows the others leave (at most
         # n_seq_max rows per decode, the size of llama.cpp's output buffer).
-        runs = sorted(self._runs, key=lambda r: (r.on_rows is not None, len(r.pending) > 1))
+        runs = sorted(sched.runs, key=lambda r: (r.forced, len(r.pending) > 1))
         rows_left = self.n_seq_max
         hold_last = False
         if self.embeddings:
@@ -1082,164 +363,85 @@ class LlamaEngine:
             # alternating so that long prompts do not stall generation.
             singles = [r for r in runs if len(r.pending) == 1]
             multis = [r for r in runs if len(r.pending) > 1]
-            hold_last = bool(multis) and (not singles or self._tick_no % 2 == 0)
+            hold_last = bool(multis) and (not singles or pool.now % 2 == 0)
             runs = multis if hold_last else singles
-            if hold_last == self._emb_on:
-                L.llama_set_embeddings(self._ctx, not hold_last)
-                self._emb_on = not hold_last
+            nat.set_embeddings(not hold_last)
         for run in runs:
             if n >= budget:
                 break
             quiet = len(run.pending) - run.rows  # leading tokens that need no output row
             take = min(len(run.pending) - hold_last, budget - n)
-            if run.on_rows is not None:
+            if run.forced:
                 take = min(take, quiet + rows_left)
             if take <= 0:
                 continue
             s = run.slot
-            self._b_token[n:n + take] = run.pending[:take]
-            self._b_pos[n:n + take] = np.arange(s.n_past, s.n_past + take)
-            self._b_logits[n:n + take] = 0
+            nat.token[n:n + take] = run.pending[:take]
+            nat.pos[n:n + take] = np.arange(s.n_past, s.n_past + take)
+            nat.wants_row[n:n + take] = 0
             for k in range(n, n + take):
                 seq_ids[k][0] = s.seq_id
-            if run.on_rows is not None:
+            if run.forced:
                 outs = list(range(n + max(quiet, 0), n + take))
             else:
                 outs = [n + take - 1] if take == len(run.pending) else []
-            self._b_logits[outs] = 1
+            nat.wants_row[outs] = 1
             rows_left -= len(outs)
             plan.append((run, take, outs))
             n += take
-        self._batch.n_tokens = n
-        t0 = _now()
-        ret = L.llama_decode(self._ctx, self._batch)
+        t0 = time.perf_counter()
+        ret = nat.decode(n)
         while ret == 1:  # KV cache full: evict a parked sequence and retry
-            victim = self._evictable()
+            victim = pool.evictable()
             if victim is None:
                 break
-            self._free_slot(victim)
-            self.stats.evictions += 1
-            ret = L.llama_decode(self._ctx, self._batch)
-        self.stats.decode_seconds += _now() - t0
+            pool.free(victim)
+            st.evictions += 1
+            ret = nat.decode(n)
+        st.decode_seconds += time.perf_counter() - t0
         if ret != 0:
             err = BackendError(
                 f"llama_decode failed (code {ret}) with {len(plan)} sequences and {n} tokens"
                 + ("; the KV cache is full: create the engine with a larger n_ctx" if ret == 1
                    else ""), kind="protocol")
             for job in {id(r.job): r.job for r, _, _ in plan}.values():
-                self._abort(job, err)
+                sched.abort(job, err)
             return
-        st = self.stats
         st.decode_calls += 1
         st.decoded_tokens += n
         st.max_sequences_per_decode = max(st.max_sequences_per_decode, len(plan))
         sessions = {id(r.job.state) for r, _, _ in plan if r.job.state is not None}
         st.max_sessions_per_decode = max(st.max_sessions_per_decode, len(sessions))
 
-        finished: list[tuple[_Run, int]] = []
+        finished: list[tuple[Run, int]] = []
         rows: list[int] = []
-        forced: list[tuple[_Run, list[int]]] = []
+        forced: list[tuple[Run, list[int]]] = []
         for run, take, outs in plan:
             run.slot.n_past += take
-            run.slot.last_used = self._tick_no
+            run.slot.last_used = pool.now
             if run.job.state is not None:
                 run.job.state.decoded += take
             del run.pending[:take]
             run.rows = min(run.rows, len(run.pending))
             first = len(rows)
             rows.extend(outs)
-            if run.on_rows is not None and outs:
+            if run.forced and outs:
                 forced.append((run, list(range(first, len(rows)))))
             if not run.pending:
                 finished.append((run, len(rows) - 1))
         done_ids = {id(r) for r, _ in finished}
-        self._runs = [r for r in self._runs if id(r) not in done_ids]
-        self._row_logits = [self._logits_row(b) for b in rows]
-        self._row_features = ([self._embedding_row(b) for b in rows]
-                              if self.embeddings and self._emb_on else None)
+        sched.runs = [r for r in sched.runs if id(r) not in done_ids]
+        sched.row_logits = [nat.logits_row(b) for b in rows]
+        sched.row_features = ([nat.embedding_row(b) for b in rows]
+                              if self.embeddings and nat.embeddings_on else None)
         for run, ks in forced:
             if not run.job.aborted:
-                run.on_rows(ks)  # type: ignore[misc]
+                run.job.on_rows(sched, run, ks)
         for run, k in finished:
             if not run.job.aborted:
-                run.on_done(k)
-        self._sample_pending()
-
-    def _sample_pending(self) -> None:
-        """Sample one token for every child whose logits arrived this tick (fixed order)."""
-        queue_ = self._sample_queue
-        while queue_:
-            batch, self._sample_queue = queue_, []
-            for child, logits, feature, _j in batch:
-                if child.job.aborted:
-                    continue
-                p = child.params
-                u = child.rng.random()
-                token, lp = self._sampler.sample(logits, p.temperature, p.top_p, u)
-                self.stats.sampled_tokens += 1
-                self._child_step(child, token, lp, feature)
-            queue_ = self._sample_queue
-
-    def _logits_row(self, b: int) -> np.ndarray:
-        """A view of llama.cpp's logits buffer: valid until the next decode, so rows are used
-        within the tick (the root's logits, kept across ticks, are copied)."""
-        ptr = self._L.llama_get_logits_ith(self._ctx, b)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-
-    def _embedding_row(self, b: int) -> np.ndarray | None:
-        ptr = self._L.llama_get_embeddings_ith(self._ctx, b)
-        if not ptr:
-            return None
-        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
-
-    def _row_feature(self, row: int) -> np.ndarray | None:
-        return self._row_features[row] if self._row_features is not None else None
-
-    # -- failures, cancellation, session close
-
-    def _abort(self, job: _Job, err: BaseException | None) -> None:
-        """Drop a job: free every slot it holds (running or parked results)."""
-        job.aborted = True
-        if err is not None:
-            job.fail(err)
-        self._runs = [r for r in self._runs if r.job is not job]
-        self._waiting = deque(w for w in self._waiting if w.job is not job)
-        for s in self._slots:
-            o = s.owner
-            if o is job or (isinstance(o, _Child) and o.job is job):
-                self._free_slot(s)
-        if isinstance(job, _ExtendJob):
-            for h in job.handles:
-                if h.slot is not None and h.slot.owner is h:
-                    self._free_slot(h.slot)
-        if job in self._jobs:
-            self._jobs.remove(job)
-
-    def _reap_cancelled(self) -> None:
-        for job in [j for j in self._jobs if j.future.cancelled()]:
-            self._abort(job, None)
-
-    def _close_session(self, state: SessionState | None) -> None:
-        for job in [j for j in self._jobs if j.state is state]:
-            self._abort(job, BackendError("the session was closed", kind="protocol"))
-        for s in self._slots:
-            if isinstance(s.owner, SeqHandle) and s.owner.owner is state:
-                self._free_slot(s)
-        if state is not None:
-            state.root, state.root_logits, state.root_features = None, None, None
-
-    def _fail_all(self, err: BaseException) -> None:
-        for job in list(self._jobs):
-            self._abort(job, err)
-        self._runs.clear()
-        self._waiting.clear()
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
+                run.job.on_row(sched, run, k)
+        sched.sample()
 
 
 __all__ = ["EngineStats", "ExtendOutcome", "LlamaEngine", "ParentSpec", "SeqHandle",
-           "SessionState"]
+           "SessionState", "default_threads", "repack_weights"]

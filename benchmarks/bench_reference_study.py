@@ -72,7 +72,7 @@ PHASES = ("samples", *RUNS)
 
 def base_key(args: argparse.Namespace) -> dict[str, Any]:
     """The settings every phase shares."""
-    return {"model": MODEL, "seed": args.seed, "problems": args.problems,
+    return {"model": args.model, "seed": args.seed, "problems": args.problems,
             "max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens,
             "temperature": TEMPERATURE}
 
@@ -92,7 +92,7 @@ def problem_seed(args: argparse.Namespace, k: int) -> int:
     return args.seed * 100_003 + k
 
 
-async def sample_one(gen: Any, head: Any, q: Problem, k: int, args: argparse.Namespace
+async def sample_one(gen: Any, head: Any | None, q: Problem, k: int, args: argparse.Namespace
                      ) -> dict[str, Any]:
     """``--samples`` independent solutions of problem k, everything a reward needs kept."""
     from particlescale.value.train import label_solutions, sample_problem
@@ -106,7 +106,8 @@ async def sample_one(gen: Any, head: Any, q: Problem, k: int, args: argparse.Nam
     labelled = label_solutions(q, sols)  # the library's answer extraction and grading
     out = []
     for p, rec in zip(sols, labelled.solutions, strict=True):
-        v = head.predict(np.stack([np.asarray(s.features, dtype=np.float64) for s in p.steps]))
+        v = head.predict(np.stack([np.asarray(s.features, dtype=np.float64) for s in p.steps])
+                         ) if head is not None else []
         out.append({"answer": rec["answer"], "correct": int(rec["correct"]),
                     "steps": rec["steps"], "finish": rec["finish"], "tokens": rec["tokens"],
                     "logprob": [round(float(x), 5) if x is not None else None
@@ -168,9 +169,9 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         from particlescale.value.head import ValueHead
 
         # as bench_value_budget: hidden states on (the value head's score is kept too)
-        gen = LlamaCppGenerator(MODEL, embeddings=True, n_ctx=32768,
+        gen = LlamaCppGenerator(args.model, embeddings=True, n_ctx=32768,
                                 n_seq_max=max(16, args.samples * args.concurrency))
-        head = ValueHead.load(packaged_head(MODEL))
+        head = ValueHead.load(packaged_head(MODEL)) if args.model == MODEL else None
 
         def solve(q: Problem, k: int) -> Any:
             return sample_one(gen, head, q, k, args)
@@ -178,7 +179,7 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         from particlescale.rewards.registry import make_reward
 
         budget = RUNS[phase][2]
-        gen = LlamaCppGenerator(MODEL, n_ctx=32768,
+        gen = LlamaCppGenerator(args.model, n_ctx=32768,
                                 n_seq_max=max(16, budget * args.concurrency))
         reward = make_reward(RUNS[phase][3], gen)
 
@@ -195,6 +196,7 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_record_args(ap, RECORD)
+    ap.add_argument("--model", default=MODEL, help="generator (another one: smoke tests only)")
     ap.add_argument("--first", type=int, default=60,
                     help="how many of the selection's problems, in order")
     ap.add_argument("--samples", type=int, default=16, help="independent solutions per problem")

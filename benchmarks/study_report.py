@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reference_study import MODEL, NOISE_B, RUNS, TEMPERATURE, phase_key
+from bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
 from record import read_record
 from report import write_section
 
@@ -212,7 +212,7 @@ def samples_summary(samples: dict[str, dict], args: argparse.Namespace) -> list[
                 same += (a["tokens"] == sum(b["tokens"]) and a["steps"] == len(b["steps"])
                          and a["answer"] == b["answer"])
     n = len(samples)
-    return [f"Sampling: {n} problems × {args.samples} solutions by `{MODEL}`; {tokens} "
+    return [f"Sampling: {n} problems × {args.samples} solutions by `{args.model}`; {tokens} "
             f"generated tokens in {secs:.0f} s of problem time ({tokens / max(secs, 1e-9):.1f} "
             f"tokens/s per problem in flight, {args.concurrency} at once). One sample "
             f"{one:.1%}; oracle pass@{args.samples} {cell_text(oracle, n)}. Same solution as "

@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_reference_study import MODEL, TEMPERATURE, load_problems, phase_key, problem_seed
+from bench_reference_study import (
+    MODEL,
+    TEMPERATURE,
+    THREADS_HELP,
+    load_problems,
+    phase_key,
+    problem_seed,
+)
 from bench_value_steps import auc_interval, choose_prefixes, within_interval
 from record import add_record_args, grow_record, read_record
 from report import write_section
@@ -107,7 +114,8 @@ async def label(args: argparse.Namespace, problems: list[Problem],
     print(f"label: {sum(q.id in done for q in todo)} of the {len(todo)} sampled problems "
           "labelled", file=sys.stderr)
     n = args.solutions * args.prefixes * args.rollouts * args.concurrency
-    gen = LlamaCppGenerator(args.model, n_ctx=65536, n_seq_max=min(256, max(16, n)))
+    gen = LlamaCppGenerator(args.model, n_ctx=65536, n_seq_max=min(256, max(16, n)),
+                            n_threads=args.threads)
     # problems not sampled yet are passed over as if done (nothing is written for them)
     skip = {q.id: {} for q in problems if q.id not in samples and q.id not in done}
     try:
@@ -293,6 +301,7 @@ def main() -> None:
     add_record_args(ap, RECORD)
     ap.add_argument("--study", type=Path, default=STUDY, help="the study's record")
     ap.add_argument("--model", default=MODEL, help="generator (another one: smoke tests only)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--first", type=int, default=60)
     ap.add_argument("--samples", type=int, default=16, help="the study's samples per problem")
     ap.add_argument("--solutions", type=int, default=4, help="solutions labelled per problem")

@@ -68,6 +68,8 @@ RUNS: dict[str, tuple[str, str, int, str, dict[str, Any]]] = {
     "C-pf16-ess": ("C", "pf", 16, "arith*logprob", {"ess_threshold": 0.5}),
 }
 PHASES = ("samples", *RUNS)
+THREADS_HELP = ("llama.cpp threads (default 1: on a shared, oversubscribed 2-core machine two "
+                "threads spin at every decode's barrier and ran 8-10x slower than one)")
 
 
 def base_key(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,7 +172,8 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
 
         # as bench_value_budget: hidden states on (the value head's score is kept too)
         gen = LlamaCppGenerator(args.model, embeddings=True, n_ctx=32768,
-                                n_seq_max=max(16, args.samples * args.concurrency))
+                                n_seq_max=max(16, args.samples * args.concurrency),
+                                n_threads=args.threads)
         head = ValueHead.load(packaged_head(MODEL)) if args.model == MODEL else None
 
         def solve(q: Problem, k: int) -> Any:
@@ -179,7 +182,7 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         from particlescale.rewards.registry import make_reward
 
         budget = RUNS[phase][2]
-        gen = LlamaCppGenerator(args.model, n_ctx=32768,
+        gen = LlamaCppGenerator(args.model, n_ctx=32768, n_threads=args.threads,
                                 n_seq_max=max(16, budget * args.concurrency))
         reward = make_reward(RUNS[phase][3], gen)
 
@@ -197,6 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_record_args(ap, RECORD)
     ap.add_argument("--model", default=MODEL, help="generator (another one: smoke tests only)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--first", type=int, default=60,
                     help="how many of the selection's problems, in order")
     ap.add_argument("--samples", type=int, default=16, help="independent solutions per problem")

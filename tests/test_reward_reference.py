@@ -110,6 +110,12 @@ def test_scores_mean_of_computing_steps_none_keeps_and_finish_by_the_gold_answer
     assert rows[2][-1] == pytest.approx(hit)  # computes nothing: keeps the previous score
     assert score(ReferenceReward(aggregation="min"), NATALIA, steps)[0][-1] == fail
     assert score(ReferenceReward(aggregation="last"), NATALIA, steps[:4])[0][-1] == off
+    evidence = score(ReferenceReward(aggregation="evidence"), NATALIA, steps[:4])[0]
+    logit = math.log(hit / (1 - hit))
+    assert evidence[1] == pytest.approx(hit)
+    assert evidence[3] == pytest.approx(1 / (1 + math.exp(-(logit + math.log(off / (1 - off))))))
+    with pytest.raises(ConfigError, match="aggregation must be one of"):
+        ReferenceReward(aggregation="median")
 
 
 def test_noise_is_one_score_per_prefix_in_any_batch_order_or_instance() -> None:

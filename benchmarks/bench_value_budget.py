@@ -39,11 +39,11 @@ from particlescale.algorithms.selection import select_answer
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
+from particlescale.eval.value_train import is_correct, label_solutions, sample_problem
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.value import ValueReward, packaged_head
+from particlescale.rewards.value_head import ValueHead
 from particlescale.types import Problem, Usage
-from particlescale.value.head import ValueHead
-from particlescale.value.train import is_correct, label_solutions, sample_problem
 
 MODEL = "qwen2.5-0.5b"
 RECORD = Path(__file__).parent / "results" / "value-budget-gsm8k.jsonl"

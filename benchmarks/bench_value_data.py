@@ -2,7 +2,7 @@
 
 The value head's within-problem AUC is what pf's weights need, and it sits near 0.7 on
 GSM8K test. This benchmark asks whether the number of training problems is what holds it
-there: heads are fitted (``value.train.fit_from_sets``, exactly as ``train-prm`` fits them)
+there: heads are fitted (``eval.value_train.fit_from_sets``, exactly as ``train-prm`` fits them)
 on seeded random subsets of the ``train-prm`` shards, ``--repeats`` subsets per size, and
 each is scored on the ``bench_value`` test shards:
 
@@ -41,10 +41,10 @@ from report import write_section
 
 from particlescale.aggregation import aggregate
 from particlescale.answers import normalize_answer
+from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.rewards.value import ValueReward
+from particlescale.rewards.value_head import ValueHead, auc, within_problem_auc
 from particlescale.types import Problem, Usage
-from particlescale.value.head import ValueHead, auc, within_problem_auc
-from particlescale.value.train import SampleSet, fit_from_sets
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 

@@ -22,7 +22,7 @@ and test solutions scored exactly as the ``value`` reward scores them
 (``bench_value_data.solution_scores``): within-problem AUC of the min / mean / last step
 score and weighted majority@8, the figures of ``bench_value``'s reward table, with a paired
 bootstrap interval of each variant's difference to ``engine``. ``--per-step`` adds a second
-table: a prefix head and a final head (last step only) fitted with ``value.head.fit_head``
+table: a prefix head and a final head (last step only) fitted with ``rewards.value_head.fit_head``
 (its cross-validated within-problem AUC on train) and scored on test prefixes. Features are
 cached per problem in ``--cache`` (resumable; about 33 s per problem of 8 solutions on
 2 cores, the same with or without layers).
@@ -50,10 +50,10 @@ from report import write_section
 
 from particlescale.backends.llamacpp.engine import LlamaEngine, _llama
 from particlescale.eval.datasets import load_dataset
+from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
-from particlescale.value.head import auc, fit_head, within_problem_auc
-from particlescale.value.train import SampleSet, fit_from_sets
+from particlescale.rewards.value_head import auc, fit_head, within_problem_auc
 
 MODEL = "qwen2.5-0.5b"
 DELIM = SamplingParams().delimiter  # the step text layout the engine generated

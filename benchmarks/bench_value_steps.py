@@ -42,12 +42,12 @@ from report import write_section
 from particlescale.algorithms.common import IdSource
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
+from particlescale.eval.value_train import complete, is_correct, sample_problem
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import packaged_head
+from particlescale.rewards.value_head import ValueHead, auc, per_problem_aucs
 from particlescale.types import Particle, Problem, Usage
-from particlescale.value.head import ValueHead, auc, per_problem_aucs
-from particlescale.value.train import complete, is_correct, sample_problem
 
 MODEL = "qwen2.5-0.5b"
 RECORD = Path(__file__).parent / "results" / "value-steps-gsm8k.jsonl"

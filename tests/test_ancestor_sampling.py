@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -31,41 +29,13 @@ from particlescale.algorithms.config import PGConfig
 from particlescale.algorithms.pf import sweep
 from particlescale.algorithms.smc_methods import _draw_reference
 from particlescale.protocols import SamplingParams
-from particlescale.types import Particle, Step, Trace, Usage
+from particlescale.types import Step, Trace, Usage
 
-from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession, enumerate_paths
+from invariance import EOS, HORIZON, as_particle, chi_square_p, parity_reward, sticky, target
+from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 
-HORIZON = 4
-EOS = frozenset({"C"})
 DRAWS = 3000
-
-
-def sticky(prefix: tuple[str, ...]) -> dict[str, float]:
-    if not prefix:
-        return {"A": 0.5, "B": 0.4, "C": 0.1}
-    if prefix[-1] == "A":
-        return {"A": 0.8, "B": 0.1, "C": 0.1}
-    return {"A": 0.1, "B": 0.8, "C": 0.1}
-
-
-def reward(prefix: tuple[str, ...]) -> float:
-    """High when the prefix has an even number of A's: the reward of a spliced path is not
-    the reward of its prefix, so the reward term of the ancestor weights matters."""
-    base = (0.8 if prefix.count("A") % 2 == 0 else 0.2) + (0.1 if prefix[-1] == "C" else 0.0)
-    return float(min(0.95, max(0.05, base)))
-
-
-def target(dist, beta: float) -> tuple[list[tuple[str, ...]], np.ndarray]:
-    paths = enumerate_paths(dist, HORIZON, EOS)
-    pi = np.array([p * reward(x) ** beta for x, p in paths])
-    return [x for x, _ in paths], pi / pi.sum()
-
-
-def as_particle(x: Sequence[str]) -> Particle:
-    steps = tuple(Step(s, tokens=1, finish="eos" if k == len(x) - 1 else "step")
-                  for k, s in enumerate(x))
-    return Particle(id=-1, steps=steps, finished=True,
-                    rewards=tuple(reward(tuple(x[: k + 1])) for k in range(len(x))))
+reward = parity_reward
 
 
 class NoLMTerm:
@@ -114,19 +84,6 @@ async def one_sweep_from_pi(n: int, seed: int, *, ancestor_sampling: bool, beta:
     await session.aclose()
     assert gen.leaked == [0]
     return counts
-
-
-def chi_square_p(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Upper tail p-value of Pearson's chi-square (bins expected < 5 pooled into one)."""
-    expected = probs * counts.sum()
-    small = expected < 5
-    obs, exp = counts[~small], expected[~small]
-    if small.any():
-        obs, exp = np.append(obs, counts[small].sum()), np.append(exp, expected[small].sum())
-    chi = float(((obs - exp) ** 2 / exp).sum())
-    k = obs.size - 1
-    z = ((chi / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
-    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 @pytest.mark.parametrize(("n", "beta", "seed"), [(2, 1.0, 0), (3, 0.5, 1)])

@@ -110,7 +110,7 @@ def test_solve_end_to_end_gives_a_boxed_answer(tmp_path: Path) -> None:
     proc = subprocess.run(
         _cli("solve", NATALIA, "--method", "pf", "--budget", "4", "--seed", "0",
              "--reward", "arith", "--json", "--trace", str(trace)),
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True,  # no limit: it ends by itself, however busy the CPUs
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -137,7 +137,7 @@ def test_ctrl_c_stops_cleanly() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 3600  # the loop ends at the line or at EOF before that
     seen = ""
     # The line naming the generator is printed once the engine is up, right before the run
     # starts: the signal then lands inside the run (waiting for a step line instead raced a
@@ -149,7 +149,7 @@ def test_ctrl_c_stops_cleanly() -> None:
             break
     assert "generator " in seen, seen
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, seen + err
     assert "interrupted" in err
     assert "Traceback" not in seen + err

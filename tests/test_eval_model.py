@@ -1,7 +1,10 @@
 """The real CLI over the embedded llama.cpp engine: a sweep killed with SIGKILL mid-way and
 resumed ends with the results of an uninterrupted run (smollm2-135m), and an end-to-end eval of
 5 GSM8K problems with qwen2.5-0.5b (two methods, budgets 1,2). Run under
-``flock /tmp/ps-cpu.lock`` (they load models on the shared CPUs)."""
+``flock /tmp/ps-cpu.lock`` (they load models on the shared CPUs).
+
+No time limit on the model runs: they end on their own (steps and tokens are capped), and a
+busy machine must not fail a test for being slow (a 900 s limit did, issue 23)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
               "--budgets", "1,2", "--model", "smollm2-135m", "--reward", "arith",
               "--options", "max_steps=3,max_step_tokens=12", "--no-progress"]
     ref = subprocess.run([*CLI, *common, "-o", str(tmp_path / "ref")], cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     assert len(load_rows(tmp_path / "ref" / RESULTS).rows) == 8
 
@@ -39,8 +42,7 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     proc = subprocess.Popen([*CLI, *common, "-o", str(out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / RESULTS
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # it ends by itself if it is never caught mid-way
         if results.exists() and results.read_bytes().count(b"\n") >= 3:
             break
         time.sleep(0.05)
@@ -50,7 +52,7 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     assert 3 <= done < 8, f"not killed mid-way ({done} rows)"
 
     resumed = subprocess.run([*CLI, *common, "-o", str(out)], cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
+                             text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{done} already done" in " ".join(resumed.stderr.split())
     assert len(load_rows(results).rows) == 8
@@ -66,7 +68,7 @@ def test_end_to_end_gsm8k_with_qwen(tmp_path: Path):
          "--budgets", "1,2", "--model", "qwen2.5-0.5b", "--reward", "arith",
          "--options", "max_steps=3,max_step_tokens=48", "--concurrency", "5", "--traces",
          "--no-progress", "-o", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = load_rows(out / RESULTS).rows
     assert len(rows) == 20 and not [r for r in rows if r["error"]]
@@ -75,8 +77,7 @@ def test_end_to_end_gsm8k_with_qwen(tmp_path: Path):
     assert all(r["usage"]["generated_tokens"] > 0 for r in rows)
     answered = [r for r in rows if r["answer"] is not None]
     assert len(answered) >= 15  # the model writes numbers; most runs end with an answer
-    rep = subprocess.run([*CLI, "report", str(out)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    rep = subprocess.run([*CLI, "report", str(out)], cwd=REPO, capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr[-2000:]
     for name in ("report.md", "scaling.png", "tokens.png", "index.html"):
         assert (out / name).exists()

@@ -25,7 +25,7 @@ def test_cli_starts_a_local_ray_and_matches_the_local_executor(tmp_path: Path):
               "--id-field", "id", "--methods", "pf,best-of-n(temperature=0.5)",
               "--budgets", "1,2", "--generator", GEN, "--reward", REW, "--no-progress"]
     p = run_cli(*common, "-o", str(tmp_path / "ray"), "--executor", "ray", "--ray-workers", "2",
-                timeout=300)
+                timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "24 run" in " ".join(p.stderr.split())
     p = run_cli(*common, "-o", str(tmp_path / "local"))
@@ -71,3 +71,16 @@ def test_ray_resume_of_a_partial_local_run(local_ray, tmp_path: Path):
     ref = config(tmp_path, out="ref", methods="pf,best-of-n", budgets=(1, 2))
     run_sweep(ref)
     assert latest(full.out) == latest(ref.out)
+
+
+def test_ray_shares_the_baselines_samples_like_the_local_executor(local_ray, tmp_path: Path):
+    from particlescale.eval.ray_executor import run_sweep_ray
+
+    methods = "self-consistency,best-of-n,weighted-best-of-n"
+    local = config(tmp_path, out="local", methods=methods, reuse_samples=True)
+    run_sweep(local)
+    remote = config(tmp_path, out="ray", methods=methods, reuse_samples=True, concurrency=2)
+    s = run_sweep_ray(remote, workers=2)
+    # one drawing task per problem on a worker, its two sharers replay it there
+    assert s.ran == 6 and s.shared == 12 and s.derived == 6 * 3 * 2
+    assert latest(local.out) == latest(remote.out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from particlescale import models
-from particlescale.errors import ModelError
+from particlescale.errors import ConfigError, ModelError
 
 SMOL = "smollm2-135m"
 USER_SMOL = models.model_path(SMOL)  # the user's cache, before any test changes the env
@@ -33,7 +33,7 @@ def cli(*args: str, env_cache: Path | None = None) -> subprocess.CompletedProces
     env = None
     if env_cache is not None:
         env = {**os.environ, "PARTICLESCALE_CACHE": str(env_cache.parent)}
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_known_models_table_is_consistent():
@@ -180,3 +180,33 @@ def test_wrong_hash_is_a_hard_error(cache, monkeypatch, tmp_path):
         models.pull(SMOL)
     assert not (cache / "smollm2-135m.gguf").exists()
     assert not list(cache.glob(".pull-*"))
+
+
+def test_export_hf_refuses_a_foreign_non_empty_directory(tmp_path):
+    from particlescale.hf_export import export_hf
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"DIR: .*out is not empty.*--force"):
+        export_hf(str(gguf), out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_export_hf_without_torch_says_what_to_install(tmp_path):
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch and transformers are installed here (the vLLM tier exports for real)")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    r = cli("models", "export-hf", str(gguf), str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: export needs torch and transformers")
+    assert "pip install 'particlescale[export]'" in r.stderr
+    assert not (tmp_path / "out").exists()

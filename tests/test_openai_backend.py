@@ -223,10 +223,10 @@ async def test_429_honours_retry_after(fake):
     assert second.start - first.end >= 0.28
 
 
-async def test_dropped_connection_and_timeout_are_retried(fake):
+async def test_dropped_connection_and_timeout_are_retried_when_asked(fake):
     fake.inject(Fault(path="/v1/completions", kind="drop", times=1),
                 Fault(path="/v1/completions", kind="delay", delay=1.0, times=1))
-    gen = gen_for(fake, retries=3, timeout=0.3)
+    gen = gen_for(fake, retries=3, timeout=0.3, retry_timeouts=True)
     (steps,) = await extend(gen, [particle()], [1])
     assert len(steps) == 1
     assert len(completion_bodies(fake)) == 3
@@ -263,8 +263,35 @@ async def test_400_fails_fast_with_the_servers_message(fake):
 
 async def test_real_vllm_validation_error_reaches_the_user(fake):
     gen = gen_for(fake)
-    with pytest.raises(BackendError, match="maximum context length is 4096"):
+    with pytest.raises(BackendError, match="cannot be greater than max_model_len=4096"):
         await extend(gen, [particle()], [1], params=SamplingParams(max_step_tokens=5000))
+
+
+async def test_a_prompt_longer_than_the_context_fails_with_vllms_message():
+    with FakeVLLM(model=MODEL, max_model_len=64) as server, pytest.raises(BackendError) as err:
+        await extend(gen_for(server), [particle("word " * 80)], [1],
+                     params=SamplingParams(max_step_tokens=16))
+    assert err.value.status == 400 and "maximum context length is 64" in str(err.value)
+
+
+async def test_a_step_that_reaches_the_context_end_finishes_with_length():
+    # vLLM (0.32) clamps max_tokens to the room the prompt leaves: no error, "length".
+    problem = Problem(QUESTION, system_prompt="Be brief.")
+    prompt = chatml([{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                    continue_final_message=False)
+    context = len(tokenize(prompt)) + 3
+    with FakeVLLM(model=MODEL, max_model_len=context) as server:
+        (steps,) = await extend(gen_for(server), [particle()], [1], problem=problem,
+                                params=SamplingParams(max_step_tokens=context - 1))
+    assert steps[0].finish == "length" and steps[0].tokens == 3
+
+
+async def test_a_pooling_server_as_generator_is_a_404_that_says_so():
+    with FakeVLLM(model=MODEL, runner="pooling") as server, pytest.raises(BackendError) as err:
+        await extend(gen_for(server), [particle()], [1])
+    assert err.value.status == 404 and "no /completions route" in str(err.value)
+    assert "--runner pooling" in str(err.value)
 
 
 async def test_unknown_model_is_a_404_with_the_servers_message(fake):
@@ -566,7 +593,7 @@ def llama_cpp_server():
          "--n_threads", "2", "--verbose", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900
     while True:
         try:
             with urllib.request.urlopen(url + "/models", timeout=2) as r:

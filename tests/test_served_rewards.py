@@ -141,6 +141,17 @@ async def test_all_token_pooling_is_rejected_with_the_fix():
         await VllmPRM(server.url, PRM_MODEL).score(PROBLEM, [STEPS], Usage())
 
 
+async def test_an_embedding_answer_is_rejected_with_the_vllm_flags():
+    # vLLM 0.32 serves a *ForCausalLM PRM under --runner pooling as an embedding model unless
+    # it is given --convert classify: one vector per input, no rows at the step tags.
+    with (FakeVLLM(model=SHEPHERD_MODEL, runner="pooling", step_tag="ки", positive_index=0,
+                   pooling_variant="embed") as server,
+          pytest.raises(BackendError) as err):
+        await MathShepherdPRM(server.url, SHEPHERD_MODEL).score(PROBLEM, [STEPS[:2]], Usage())
+    assert "64 numbers for 2 step tag(s)" in str(err.value)
+    assert "--convert classify" in str(err.value) and "token_classify" in str(err.value)
+
+
 async def test_a_generation_server_is_not_a_pooling_server():
     # runner="generate": no /pooling route
     with FakeVLLM(model=PRM_MODEL) as server, pytest.raises(BackendError) as err:

@@ -365,7 +365,7 @@ def test_bearer_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- concurrency, cancellation, timeouts ----------------------------------------------------
 
 
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+def wait_for(predicate: Any, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -49,7 +49,7 @@ def client(server: LiveServer, **kw: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, **kw)
 
 
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
+def wait_for(predicate: Any, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -90,6 +90,21 @@ def test_stop_sequences_cut_real_text(served) -> None:
                                                stop=["."], max_tokens=64)
     assert "." not in r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"
+    assert engine.live_sequences == 0
+
+
+def test_a_lone_surrogate_is_400_with_the_embedded_generator(served) -> None:
+    # Issue 23: "\ud800" in a message reached the tokenizer (UnicodeEncodeError, 500).
+    server, engine = served
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        r = c.post("/v1/chat/completions", content=b'{"messages":[{"role":"user","content":'
+                   b'"What is 3 + \\ud800?"}], "max_tokens": 8}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "messages.0.content"
+        ok = c.post("/v1/chat/completions", json={"messages": MESSAGES, "model": "pf-2",
+                                                  "seed": 0, "max_tokens": 8})
+        assert ok.status_code == 200, ok.text
     assert engine.live_sequences == 0
 
 
@@ -188,10 +203,10 @@ def test_cli_serves_the_embedded_model_with_curl_style_requests() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: proc.poll() is not None or _up(url), timeout=120)
+        wait_for(lambda: proc.poll() is not None or _up(url), timeout=900)
         assert proc.poll() is None, proc.stdout.read()
         assert httpx.get(url + "/ready").json()["status"] == "ready"
-        r = httpx.post(url + "/v1/chat/completions", timeout=120,
+        r = httpx.post(url + "/v1/chat/completions", timeout=900,
                        headers={"X-Scaling-Budget": "2", "X-Scaling-Method": "pf"},
                        json={"messages": [{"role": "user", "content": "What is 3 + 4?"}],
                              "seed": 0, "max_tokens": 32})

@@ -11,8 +11,8 @@ import pytest
 from particlescale.errors import ConfigError, ModelError
 from particlescale.rewards.combine import Combined
 from particlescale.rewards.value import ValueReward
+from particlescale.rewards.value_head import ValueHead, fit_head
 from particlescale.types import Problem, Step, Usage
-from particlescale.value.head import ValueHead, fit_head
 
 
 def data(n_problems: int = 60, per: int = 12, dim: int = 24, seed: int = 0):

@@ -7,9 +7,9 @@ import asyncio
 
 import numpy as np
 
+from particlescale.eval.value_train import mc_labels
 from particlescale.protocols import SamplingParams
 from particlescale.types import Particle, Problem, Step, Usage
-from particlescale.value.train import mc_labels
 
 from scripted import ScriptedGenerator
 

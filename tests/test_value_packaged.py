@@ -11,7 +11,7 @@ from engines import need
 from particlescale.cli import main
 from particlescale.models import KNOWN
 from particlescale.rewards.value import packaged_head
-from particlescale.value.head import ValueHead
+from particlescale.rewards.value_head import ValueHead
 
 MODEL = "qwen2.5-0.5b"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from particlescale.eval.value_train import SampleSet, collect
 from particlescale.models import is_pulled
 from particlescale.protocols import SamplingParams
+from particlescale.rewards.value_head import ValueHead, model_sha256
 from particlescale.types import Problem
-from particlescale.value.head import ValueHead, model_sha256
-from particlescale.value.train import SampleSet, collect
 
 pytest.importorskip("llama_cpp")
 pytestmark = [
@@ -140,7 +140,7 @@ def test_collect_adds_monte_carlo_labels_to_the_shards_there(tmp_path):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
                            *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "120"})
 
 

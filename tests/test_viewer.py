@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from particlescale.answers import normalize_answer
+from particlescale.cli.view import math_verify_grader
 from particlescale.types import Trace
 from particlescale.viewer import TraceFileError, load_trace, render_html, trace_view, write_view
 from particlescale.viewer.html import embed_json
@@ -115,7 +116,7 @@ def test_math_verify_grades_equivalent_expressions() -> None:
     trace.problem["answer"] = "\\frac{\\pi}{2}"
     ok = {n["id"]: n["ok"] for n in trace_view(trace)["nodes"]}
     assert ok[finished[0].id] is False  # plain normalised equality cannot see it
-    ok = {n["id"]: n["ok"] for n in trace_view(trace, math_verify=True)["nodes"]}
+    ok = {n["id"]: n["ok"] for n in trace_view(trace, extra=math_verify_grader())["nodes"]}
     assert ok[finished[0].id] is True
     assert ok[finished[-1].id] is False
 
@@ -184,7 +185,7 @@ def test_bad_trace_files_raise_one_clear_error(tmp_path: Path, content: str | No
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", "from particlescale.cli import main; main()",
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def test_cli_writes_the_page_and_reports_bad_input_in_one_line(tmp_path: Path) -> None:

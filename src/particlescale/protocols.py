@@ -7,13 +7,16 @@ reward model: the potential). Tests drive algorithms with small scripted impleme
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from particlescale.types import Particle, Problem, Step, Usage
+
+Progress = Callable[[dict[str, Any]], None]
+"""A method's progress callback: one dict per step (band, step, n, live, finished, ess...)."""
 
 
 @dataclass(frozen=True)

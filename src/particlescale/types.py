@@ -70,12 +70,13 @@ class Step:
 
 @dataclass
 class Particle:
-    """A weighted partial solution. ``rewards[i]`` is the reward of the prefix ``steps[:i+1]``."""
+    """A partial or finished solution. ``rewards[i]`` is the reward of the prefix
+    ``steps[:i+1]``. Its weight lives with the population (an array of log-weights beside the
+    list of particles), since it is only meaningful relative to the others."""
 
     id: int
     steps: tuple[Step, ...] = ()
     rewards: tuple[float, ...] = ()
-    log_weight: float = 0.0
     finished: bool = False
     parent: int | None = None
 

@@ -26,10 +26,16 @@ so the client code under test is the code users run against the real thing:
 - ``POST /tokenize``, ``/detokenize``: a reversible fake tokenizer (Qwen's special-token ids).
 - ``POST /pooling`` (``runner="pooling"``): STEP pooling at a step tag, ``data[i].data`` one
   row per tag, in the response variants of the vLLM versions users run (``pooling_variant``:
-  ``rows``, ``flat``, ``base64``, ``logits``, or ``all`` = a misconfigured ALL pooler).
+  ``rows``, ``flat``, ``base64``, ``logits``, or the misconfigurations ``all`` = an ALL
+  pooler and ``embed`` = one normalised vector per input, what vLLM 0.32 answers for a
+  ``*ForCausalLM`` PRM served with ``--runner pooling`` but not ``--convert classify``).
 - Errors in vLLM's two dialects (``error_style``: ``new`` = ``{"error": {...}}`` of recent
   vLLM, about 0.10 on; ``old`` = the flat ``{"object": "error", ...}`` before), 404 for an
-  unknown model.
+  unknown model (with vLLM's "Valid aliases" list), FastAPI's ``{"detail": "Not Found"}`` 404
+  for a route the server does not have (``/pooling`` on a generation server, completions on
+  a pooling server). Context limits as vLLM 0.32 checks them: ``max_tokens`` above
+  ``max_model_len`` or a prompt longer than it is a 400 with vLLM's message; otherwise
+  ``max_tokens`` is clamped to the room left and the choice ends with ``length`` there.
 - ``strict_openai=True`` emulates the official OpenAI API instead: unknown parameters (every
   vLLM extra) are rejected with OpenAI's "Unrecognized request argument supplied" 400, there is
   no ``stop_reason``, no ``/tokenize`` or ``/pooling``.
@@ -165,7 +171,8 @@ class Fault:
     """An injected failure for requests to ``path`` (``*`` = any) whose raw body contains
     ``match``; applies ``times`` times (-1: always). ``kind``: ``status`` (answer ``status``
     with ``message``), ``drop`` (close the connection mid-answer), ``delay`` (sleep ``delay``
-    seconds, then answer normally)."""
+    seconds, then answer normally), ``body`` (answer 200 with ``body`` as JSON: a malformed
+    answer)."""
 
     path: str = "*"
     kind: str = "status"
@@ -175,6 +182,7 @@ class Fault:
     match: str | None = None
     delay: float = 0.0
     retry_after: float | None = None
+    body: Any = None
 
 
 @dataclass
@@ -281,7 +289,11 @@ class FakeVLLM:
                             "/detokenize": self._detokenize}
         for path, fn in handlers.items():
             routes.append(Route(path, self._wrap(path, fn), methods=["POST"]))
-        return _FaultLayer(self, Starlette(routes=routes))
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+        return _FaultLayer(self, Starlette(routes=routes, exception_handlers={404: not_found}))
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=200)
@@ -360,7 +372,8 @@ class FakeVLLM:
     def _check_model(self, body: dict[str, Any]) -> Response | None:
         model = body.get("model")
         if model is not None and model != self.model:
-            return self._error(404, f"The model `{model}` does not exist.", param="model")
+            return self._error(404, f"The model `{model}` does not exist. Valid aliases: "
+                               f"{self.model}.", param="model")
         if model is None and self.strict_openai:
             return self._error(400, "you must provide a model parameter")
         return None
@@ -403,7 +416,9 @@ class FakeVLLM:
             (not 0 < p["top_p"] <= 1, f"top_p must be in (0, 1], got {p['top_p']}."),
             (p["top_k"] < -1, f"top_k must be 0 (disable), or at least 1, got {p['top_k']}."),
             (not 0 <= p["min_p"] <= 1, f"min_p must be in [0, 1], got {p['min_p']}."),
-            (p["max_tokens"] < 1, f"max_tokens must be at least 1, got {p['max_tokens']}."),
+            (p["max_tokens"] < (0 if body.get("echo") else 1),
+             f"max_tokens must be at least 1, got {p['max_tokens']}. "
+             f"(parameter=max_tokens, value={p['max_tokens']})"),
             (p["min_tokens"] < 0,
              f"min_tokens must be greater than or equal to 0, got {p['min_tokens']}."),
             (any(not s for s in p["stop"]), "stop cannot contain an empty string."),
@@ -453,13 +468,27 @@ class FakeVLLM:
         return out, "length", None, min(n_tok, limit)
 
     def _context_error(self, prompt_tokens: int, max_tokens: int) -> Response | None:
-        if prompt_tokens + max_tokens > self.max_model_len:
+        """vLLM 0.32's length checks: ``max_tokens`` above the context, or a prompt longer
+        than the context, is a 400; otherwise ``max_tokens`` is clamped to the room left
+        (see :meth:`_room`) and the completion ends with ``length`` there."""
+        if max_tokens > self.max_model_len:
+            return self._error(
+                400, f"max_tokens={max_tokens} cannot be greater than max_model_len="
+                f"{self.max_model_len}. Please request fewer output tokens. "
+                f"(parameter=max_tokens, value={max_tokens})", param="max_tokens")
+        if prompt_tokens > self.max_model_len:
             return self._error(
                 400, f"This model's maximum context length is {self.max_model_len} tokens. "
-                f"However, you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} "
-                f"in the messages, {max_tokens} in the completion). Please reduce the length "
-                "of the messages or completion.")
+                f"However, your prompt contains {prompt_tokens} input tokens, which exceeds "
+                "this limit even without any output tokens. Please reduce the length of the "
+                f"input prompt. (parameter=input_tokens, value={prompt_tokens})",
+                param="input_tokens")
         return None
+
+    def _room(self, prompt: str, p: dict[str, Any]) -> dict[str, Any]:
+        """``p`` with ``max_tokens`` clamped to what the context leaves after ``prompt``."""
+        room = self.max_model_len - len(tokenize(prompt))
+        return {**p, "max_tokens": min(p["max_tokens"], room)}
 
     async def _cost(self, prompt_tokens: int, gen_tokens: list[int]) -> None:
         delay = self.latency + self.per_prompt_token * prompt_tokens + self.per_token * max(
@@ -496,15 +525,18 @@ class FakeVLLM:
                 return err
             prompt_tokens += n_prompt
             for i in range(min(p["n"], self.max_n or p["n"])):
-                text, finish, stop_reason, n_gen = self._generate(prompt, p, body, i)
+                text, finish, stop_reason, n_gen = self._generate(
+                    prompt, self._room(prompt, p), body, i)
                 gen_tokens.append(n_gen)
                 choice: dict[str, Any] = {"index": j * p["n"] + i,
                                           "text": prompt + text if echo else text,
                                           "logprobs": None, "finish_reason": finish}
+                if not self.strict_openai:
+                    choice.update({"stop_reason": stop_reason, "token_ids": None,
+                                   "prompt_token_ids": None})
                 if k is not None:
                     choice["logprobs"] = self._logprobs(prompt, text, n_gen, echo, body)
                 if not self.strict_openai:
-                    choice["stop_reason"] = stop_reason
                     choice["prompt_logprobs"] = (self._prompt_logprobs(prompt)
                                                  if (echo and k is not None)
                                                  or body.get("prompt_logprobs") is not None
@@ -612,7 +644,8 @@ class FakeVLLM:
                     "top_logprobs": [{"token": t, "logprob": float(np.log(q)),
                                       "bytes": list(t.encode())} for t, q in alts]}]}
             else:
-                text, finish, stop_reason, n_gen = self._generate(prompt, p, body, i)
+                text, finish, stop_reason, n_gen = self._generate(
+                    prompt, self._room(prompt, p), body, i)
             gen_tokens.append(n_gen)
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant",
                                                               "content": text},
@@ -672,6 +705,10 @@ class FakeVLLM:
             return [[0.0, float(np.log(r[1] / r[0]))] for r in rows]
         if v == "all":
             return [[0.5, 0.5] for _ in tokenize(text)]
+        if v == "embed":  # a *ForCausalLM under --runner pooling without --convert classify
+            rng = np.random.default_rng(zlib.crc32(text.encode()))
+            vec = rng.normal(size=64)
+            return [float(x) for x in vec / np.linalg.norm(vec)]
         return rows
 
     async def _pooling(self, body: dict[str, Any]) -> Any:
@@ -702,12 +739,15 @@ class FakeVLLM:
             return self._error(400, "input: Field required")
         n_tokens = sum(len(tokenize(t)) for t in texts)
         await self._cost(n_tokens, [])
-        return {"id": f"pool-{uuid.uuid4().hex}", "object": "list",
+        if err := self._context_error(max(len(tokenize(t)) for t in texts), 0):
+            return err
+        return {"id": f"pooling-{uuid.uuid4().hex}", "object": "list",
                 "created": int(time.time()), "model": self.model,
                 "data": [{"index": i, "object": "pooling", "data": self._rows(t)}
                          for i, t in enumerate(texts)],
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens,
-                          "completion_tokens": 0, "prompt_tokens_details": None}}
+                          "completion_tokens": 0, "prompt_tokens_details": None,
+                          "completion_tokens_details": None}}
 
 
 class _FaultLayer:
@@ -761,6 +801,9 @@ class _FaultLayer:
                 raise ConnectionAbortedError("fake: connection dropped on purpose")
             if fault is not None and fault.kind == "delay":
                 await asyncio.sleep(fault.delay)
+            elif fault is not None and fault.kind == "body":
+                await JSONResponse(fault.body)(scope, replay, tap)
+                return
             elif fault is not None:
                 headers = ({"Retry-After": f"{fault.retry_after:g}"}
                            if fault.retry_after is not None else None)

@@ -22,6 +22,7 @@ from particlescale.algorithms.config import (
     BaseConfig,
     BeamConfig,
     ConfigError,
+    DVTSConfig,
     GreedyConfig,
     PFConfig,
     PGConfig,
@@ -56,7 +57,7 @@ METHODS: dict[str, Method] = {
         Method("weighted-best-of-n", WeightedBestOfNConfig, run_weighted_best_of_n,
                "N samples, largest reward sum per answer"),
         Method("beam", BeamConfig, run_beam, "beam search with a PRM (beam width M)"),
-        Method("dvts", BeamConfig, run_dvts, "diverse verifier tree search (N/M subtrees)"),
+        Method("dvts", DVTSConfig, run_dvts, "diverse verifier tree search (N/M subtrees)"),
     ]
 }
 

@@ -18,18 +18,23 @@ from particlescale.algorithms.common import (
     IdSource,
     aggregate,
     candidates_from,
+    complete,
+    extend,
     rollout,
     score_particles,
     trace_step,
 )
 from particlescale.algorithms.config import BaseConfig
-from particlescale.algorithms.pf import Progress
-from particlescale.algorithms.runner import RunContext
+from particlescale.algorithms.runner import Outcome, RunContext
+from particlescale.protocols import Progress
 from particlescale.types import Particle
 
 
 async def _sample(ctx: RunContext, cfg: BaseConfig, n: int, progress: Progress | None,
                   band: str) -> list[Particle]:
+    """n independent solutions. Independent samples need no step barrier: a session with
+    ``extend_to_end`` (the embedded engine) samples them in one job that never holds the batch
+    at a step end; others go step by step (``rollout``), reporting progress after each."""
     ids = IdSource()
     root = Particle(id=ids())
 
@@ -39,8 +44,10 @@ async def _sample(ctx: RunContext, cfg: BaseConfig, n: int, progress: Progress |
                       "live": sum(not p.finished for p in population),
                       "finished": sum(p.finished for p in population)})
 
-    from particlescale.algorithms.common import extend
-
+    if hasattr(ctx.session, "extend_to_end"):
+        (done,) = await complete(ctx.session, [root], n, ids, cfg.max_steps)
+        on_step(max(len(p.steps) for p in done), done)
+        return done
     first = await extend(ctx.session, [root], [n], ids, cfg.max_steps)
     ctx.session.release([p for p in first if p.finished])
     on_step(1, first)
@@ -63,20 +70,20 @@ def _record(ctx: RunContext, particles: list[Particle], lw: np.ndarray) -> None:
                    ctx.aggregation)
 
 
-async def run_greedy(ctx: RunContext, cfg: BaseConfig, progress: Progress | None = None) -> None:
+async def run_greedy(ctx: RunContext, cfg: BaseConfig, progress: Progress | None = None) -> Outcome:
     particles = await _sample(ctx, cfg, 1, progress, "greedy")
     await score_particles(ctx.problem, ctx.reward, particles, ctx.aggregation, ctx.usage)
     _record(ctx, particles, np.zeros(1))
-    ctx.candidates = candidates_from(particles, np.zeros(1), ctx.aggregation)
+    return Outcome(candidates_from(particles, np.zeros(1), ctx.aggregation), {})
 
 
 async def run_self_consistency(ctx: RunContext, cfg: BaseConfig,
-                               progress: Progress | None = None) -> None:
+                               progress: Progress | None = None) -> Outcome:
     """Majority vote needs no reward: solutions are not scored."""
     particles = await _sample(ctx, cfg, ctx.budget, progress, "samples")
     lw = np.zeros(len(particles))
     _record(ctx, particles, lw)
-    ctx.candidates = candidates_from(particles, lw, ctx.aggregation)
+    return Outcome(candidates_from(particles, lw, ctx.aggregation), {})
 
 
 async def _scored(ctx: RunContext, cfg: BaseConfig, progress: Progress | None) -> tuple[
@@ -87,18 +94,19 @@ async def _scored(ctx: RunContext, cfg: BaseConfig, progress: Progress | None) -
     return particles, scores
 
 
-async def run_best_of_n(ctx: RunContext, cfg: BaseConfig, progress: Progress | None = None) -> None:
+async def run_best_of_n(ctx: RunContext, cfg: BaseConfig,
+                        progress: Progress | None = None) -> Outcome:
     """Weight = the score itself, so argmax picks the highest-reward solution."""
     particles, scores = await _scored(ctx, cfg, progress)
     lw = np.log(np.clip(scores, 1e-12, None))
     _record(ctx, particles, lw)
-    ctx.candidates = candidates_from(particles, lw, ctx.aggregation)
+    return Outcome(candidates_from(particles, lw, ctx.aggregation), {})
 
 
 async def run_weighted_best_of_n(ctx: RunContext, cfg: BaseConfig,
-                                 progress: Progress | None = None) -> None:
+                                 progress: Progress | None = None) -> Outcome:
     """Weight proportional to the reward; weighted vote sums rewards per answer."""
     particles, scores = await _scored(ctx, cfg, progress)
     lw = np.log(np.clip(scores, 1e-12, None))
     _record(ctx, particles, lw)
-    ctx.candidates = candidates_from(particles, lw, ctx.aggregation)
+    return Outcome(candidates_from(particles, lw, ctx.aggregation), {})

@@ -17,6 +17,7 @@ import numpy as np
 from particlescale.aggregation import EPS, aggregate
 from particlescale.answers import extract_answer, has_boxed
 from particlescale.protocols import GenerationSession, RewardModel
+from particlescale.smc import log_normalize, normalize
 from particlescale.types import (
     STEP_SEPARATOR,
     Candidate,
@@ -118,7 +119,6 @@ async def extend(
                     id=ids(),
                     steps=(*parent.steps, step),
                     rewards=parent.rewards,
-                    log_weight=parent.log_weight,
                     finished=is_final(step, n, max_steps),
                     parent=parent.id,
                 )
@@ -156,14 +156,41 @@ async def rollout(
     return population
 
 
+async def complete(
+    session: GenerationSession,
+    parents: Sequence[Particle],
+    k: int,
+    ids: IdSource,
+    max_steps: int,
+    *,
+    barrier: bool = False,
+) -> list[list[Particle]]:
+    """``k`` independent completions of each parent, to the end of the solution.
+
+    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, all
+    of them are sampled in one engine job that never holds the batch at a step end
+    (independent samples need no step barrier); otherwise with ``rollout``, which ends every
+    step of every particle before starting the next.
+    """
+    to_end = getattr(session, "extend_to_end", None)
+    if barrier or to_end is None:
+        first = await extend(session, parents, [k] * len(parents), ids, max_steps)
+        session.release([p for p in first if p.finished])
+        done = await rollout(session, first, ids, max_steps)
+        return [done[i * k:(i + 1) * k] for i in range(len(parents))]
+    runs = await to_end(list(parents), [k] * len(parents), lambda s, n: is_final(s, n, max_steps))
+    out = [[Particle(id=ids(), steps=(*parent.steps, *steps), parent=parent.id, finished=True)
+            for steps in kids] for parent, kids in zip(parents, runs, strict=True)]
+    session.release([p for kids in out for p in kids])
+    return out
+
+
 def candidates_from(
     particles: Sequence[Particle],
     log_weights: Sequence[float] | np.ndarray,
     aggregation: str,
 ) -> list[Candidate]:
     """Candidates with normalised weights; identical solutions (resampled copies) are merged."""
-    from particlescale.smc import normalize
-
     w = normalize(np.asarray(log_weights, dtype=np.float64)) if len(particles) else []
     merged: dict[str, Candidate] = {}
     for p, wi in zip(particles, w, strict=True):
@@ -198,10 +225,8 @@ def trace_step(
     reference: int | None = None,
 ) -> None:
     """Record the population after step ``t`` (one node per particle)."""
-    from particlescale.smc import normalize
-
     lw = np.asarray(log_weights, dtype=np.float64)
-    norm = np.log(np.maximum(normalize(lw), 1e-300)) if lw.size else lw
+    norm = log_normalize(lw) if lw.size else lw
     nodes = []
     for p, log_w in zip(particles, norm, strict=True):
         last = p.steps[-1].text if p.steps else ""

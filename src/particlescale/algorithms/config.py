@@ -101,6 +101,14 @@ class PGConfig(PFConfig):
 
     @model_validator(mode="after")
     def _ancestor_sampling_target(self) -> PGConfig:
+        if self.resampling != "multinomial":
+            # The free particles of a conditional sweep use the unconditional scheme; only
+            # multinomial resampling is known to leave the target invariant that way (the
+            # conditional systematic/residual schemes of Chopin & Singh 2015 are not built).
+            raise ValueError(
+                f"resampling={self.resampling!r} is not supported by particle Gibbs / parallel "
+                "tempering (a conditional sweep is proven invariant only with multinomial "
+                "resampling); set resampling='multinomial' or use method 'pf'")
         if not self.ancestor_sampling:
             return self
         if self.weights != "incremental":
@@ -124,6 +132,32 @@ class PTConfig(PGConfig):
 
     chains: int = Field(2, ge=1, le=64)
     max_temperature: float = Field(4.0, gt=0)
+    swaps: Literal["metropolis", "heuristic"] | None = Field(
+        None,
+        description="'metropolis': swaps are Metropolis moves between the chains' targets "
+        "p(x) exp(phi(x)/tau), which exist only with weights='incremental' and "
+        "tempering='none'; 'heuristic': the paper's swap rule on chains that have no "
+        "stationary target (paper weights); None = metropolis when the chains have targets, "
+        "else heuristic (result.info['swaps'] says which).",
+    )
+
+    def swap_kind(self) -> str:
+        if self.swaps is not None:
+            return self.swaps
+        return "metropolis" if self.has_target() else "heuristic"
+
+    def has_target(self) -> bool:
+        return self.weights == "incremental" and self.tempering == "none"
+
+    @model_validator(mode="after")
+    def _swaps_need_targets(self) -> PTConfig:
+        if self.swaps == "metropolis" and not self.has_target():
+            raise ValueError(
+                f"swaps='metropolis' needs weights='incremental' and tempering='none' (got "
+                f"weights={self.weights!r}, tempering={self.tempering!r}): only then does each "
+                "chain target p(x) exp(phi(x)/tau); set those, or swaps='heuristic' for the "
+                "paper's rule")
+        return self
 
 
 class SamplingConfig(BaseConfig):
@@ -134,10 +168,25 @@ class GreedyConfig(BaseConfig):
     temperature: float = Field(0.0, ge=0, description="Greedy decoding.")
 
 
-class BeamConfig(BaseConfig):
-    """Beam search / DVTS as in HF search-and-learn: beam width M."""
+class DVTSConfig(BaseConfig):
+    """DVTS as in HF search-and-learn: N/M subtrees of beam width M (``algorithms/beam.py``)."""
 
-    beam_width: int = Field(4, ge=1, le=1024)
+    beam_width: int = Field(4, ge=1, le=1024, description="Beam width M (HF: 4).")
+
+
+class BeamConfig(DVTSConfig):
+    """Beam search as in HF search-and-learn's beam-search recipes (``algorithms/beam.py``)."""
+
+    filter_duplicates: bool = Field(
+        True,
+        description="Drop live beams whose text repeats an earlier one before keeping the "
+        "best N/M (HF option filter_duplicates; true in every HF beam-search recipe).",
+    )
+    sort_completed: bool = Field(
+        False,
+        description="Return the N best-scoring finished beams instead of the first N to "
+        "finish (HF option sort_completed; false by default and in HF's recipes).",
+    )
 
 
 def parse_config(cls: type[BaseModel], method: str, options: dict[str, Any]) -> Any:

@@ -8,8 +8,10 @@ the reward r(x_{1:t}) is the potential. One sweep::
     loop t = 1, 2, ...:
         r^i_t  = PRM(x^i_{1:t}), aggregated     (finished particles keep their reward)
         phi^i_t = beta_t * transform(r^i_t)     transform = logit (paper) or log
-        paper weights:       log w^i = phi^i_t
+        paper weights:       log w^i = phi^i_t          (the current reward alone, even
+                                                     after a step that did not resample)
         incremental weights: log w^i += phi^i_t - phi^i_{t-1}   (target  p(x) r(x)^beta)
+        beta_t: constant, linear or adaptive (``next_beta``); beta_max at the last step
         stop when every particle is finished (EOS, \\boxed, or max_steps)
         if ESS/N < threshold (1.0 = always): a^i ~ resample(w)  else a^i = i
         x^i_{t+1} ~ LM(. | x^{a^i}_{1:t})  for live ancestors; finished ancestors are copied
@@ -46,9 +48,7 @@ incremental weights; with paper weights it is reported but has no such meaning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -63,12 +63,11 @@ from particlescale.algorithms.common import (
 )
 from particlescale.algorithms.config import PFConfig
 from particlescale.errors import ConfigError
-from particlescale.protocols import ContinuationScorer, GenerationSession, RewardModel
-from particlescale.smc import ess, logsumexp, normalize
+from particlescale.protocols import ContinuationScorer, GenerationSession, Progress, RewardModel
+from particlescale.smc import ess, log_normalize, logsumexp, normalize
 from particlescale.smc import resampling as resampling_schemes
+from particlescale.smc.tempering import adaptive_beta, conditional_ess
 from particlescale.types import Particle, Problem, Trace, Usage
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -81,6 +80,8 @@ class Sweep:
     resamplings: int
     steps: int
     ancestor_moves: int = 0  # times ancestor sampling re-attached the reference elsewhere
+    betas: list[float] = field(default_factory=list)  # inverse softmax temperature per step
+    cess: list[float] = field(default_factory=list)  # incremental weights: CESS/N per step
 
 
 def strip_handles(p: Particle) -> Particle:
@@ -100,26 +101,38 @@ def reference_at(ref: Particle, t: int, ids: IdSource, parent: int | None) -> Pa
     )
 
 
-def _beta(cfg: PFConfig, t: int, lw_of_beta: Callable[[float], np.ndarray], n: int) -> float:
-    """Inverse softmax temperature at step t (fixed, linearly annealed, or adaptive)."""
+def next_beta(cfg: PFConfig, t: int, lw: np.ndarray, raw: np.ndarray, prev_phi: np.ndarray,
+              beta_prev: float, done: bool) -> float:
+    """Inverse softmax temperature of step t: fixed, linearly annealed or adaptive, and always
+    beta_max = 1/softmax_temperature at the last step, so that a run's final weights (and
+    log Z) refer to its stated target whatever the ladder did on the way.
+
+    Adaptive with incremental weights: the largest beta in [beta_{t-1}, beta_max] whose
+    tempering increment keeps the conditional ESS at ``ess_target`` (see
+    :mod:`particlescale.smc.tempering`). Adaptive with paper weights (which forget the past):
+    the largest beta in [0, beta_max] with ESS(beta * phi_t)/N >= ``ess_target``.
+    """
     beta_max = 1.0 / cfg.softmax_temperature
-    if cfg.tempering == "none":
+    if cfg.tempering == "none" or done:
         return beta_max
     if cfg.tempering == "linear":
         frac = min(1.0, (t - 1) / max(1, cfg.anneal_steps - 1))
         tau = cfg.temperature_start + frac * (cfg.softmax_temperature - cfg.temperature_start)
         return 1.0 / tau
-    # adaptive: the largest beta <= beta_max with ESS/N >= target (ESS/N = 1 at beta = 0).
-    if ess(lw_of_beta(beta_max)) / n >= cfg.ess_target:
-        return beta_max
-    lo, hi = 0.0, beta_max
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if ess(lw_of_beta(mid)) / n >= cfg.ess_target:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    if cfg.weights == "paper":
+        return adaptive_beta(np.zeros_like(raw), raw, 0.0, beta_max, cfg.ess_target)
+    base = lw + beta_prev * raw - prev_phi  # new weights at the old temperature
+    return adaptive_beta(base, raw, beta_prev, beta_max, cfg.ess_target)
+
+
+def step_log_weights(cfg: PFConfig, beta: float, lw: np.ndarray, raw: np.ndarray,
+                     prev_phi: np.ndarray) -> np.ndarray:
+    """Paper weights: beta * phi_t (the current reward alone; carried weights are dropped even
+    when the previous step did not resample). Incremental: lw + beta_t*phi_t - beta_{t-1}*phi_{t-1}.
+    """
+    if cfg.weights == "paper":
+        return beta * raw
+    return lw + beta * raw - prev_phi
 
 
 async def sweep(
@@ -165,6 +178,9 @@ async def sweep(
     lw = np.zeros(n)  # incremental log-weights, reset by resampling
     prev_phi = np.zeros(n)  # beta_{t-1} * transform(r_{t-1}) of each particle's ancestor line
     log_z = 0.0
+    beta_prev = 0.0  # the first step's target is p(x_1) exp(beta_1 phi_1): from beta_0 = 0
+    betas: list[float] = []
+    cess: list[float] = []  # conditional ESS/N of each step's tempering increment
     resamplings = 0
     t = 1
     while True:
@@ -172,20 +188,17 @@ async def sweep(
         raw = potential(np.array([aggregate(p.rewards, aggregation) for p in population]),
                         transform)
 
-        def lw_of_beta(beta: float, raw: np.ndarray = raw, lw: np.ndarray = lw,
-                       prev_phi: np.ndarray = prev_phi) -> np.ndarray:
-            if cfg.weights == "paper":
-                return beta * raw
-            return lw + beta * raw - prev_phi
-
-        beta = _beta(cfg, t, lw_of_beta, n)
-        new_lw = lw_of_beta(beta)
-        if cfg.weights == "incremental":
-            log_prev = np.log(np.maximum(normalize(lw), 1e-300))
-            log_z += logsumexp(log_prev + (new_lw - lw))
-        lw, prev_phi = new_lw, beta * raw
-        current_ess = ess(lw)
         done = all(p.finished for p in population)
+        beta = next_beta(cfg, t, lw, raw, prev_phi, beta_prev, done)
+        new_lw = step_log_weights(cfg, beta, lw, raw, prev_phi)
+        if cfg.weights == "incremental":
+            log_prev = log_normalize(lw)
+            log_z += logsumexp(log_prev + (new_lw - lw))
+            cess.append(conditional_ess(lw + beta_prev * raw - prev_phi,
+                                        (beta - beta_prev) * raw))
+        betas.append(beta)
+        lw, prev_phi, beta_prev = new_lw, beta * raw, beta
+        current_ess = ess(lw)
         do_resample = not done and (cfg.ess_threshold >= 1.0
                                     or current_ess / n < cfg.ess_threshold)
         trace_step(trace, band, t, population, lw, aggregation, ess=current_ess,
@@ -221,7 +234,7 @@ async def sweep(
 
     session.release(population)
     return Sweep(particles=population, log_weights=lw, log_z=log_z, resamplings=resamplings,
-                 steps=t, ancestor_moves=moves)
+                 steps=t, ancestor_moves=moves, betas=betas, cess=cess)
 
 
 async def require_continuation_scorer(session: GenerationSession, generator_name: str) -> None:
@@ -293,7 +306,7 @@ async def sample_reference_ancestor(
     if a == own:
         return own, reference
     new_ref = spliced[a] if rest else replace(strip_handles(population[a]), id=reference.id)
-    return a, replace(new_ref, parent=None, log_weight=0.0)
+    return a, replace(new_ref, parent=None)
 
 
 async def _propagate(

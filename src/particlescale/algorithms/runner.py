@@ -1,8 +1,9 @@
 """Running one method on one problem: the session lifecycle, usage, wall time and the Result.
 
-Every method is ``async def run_x(ctx, cfg, progress)`` filling ``ctx.candidates`` and
-``ctx.info``; the runner opens the generation session, always closes it (freeing backend
-state even when a run fails or is cancelled) and assembles the :class:`Result`.
+Every method is ``async def run_x(ctx, cfg, progress) -> Outcome``: it reads the context and
+returns its candidates and info; the runner opens the generation session, always closes it
+(freeing backend state even when a run fails or is cancelled) and assembles the
+:class:`Result`, whose info starts with what the method samples (``target``, ``exact``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from particlescale.algorithms.common import aggregation_for
 from particlescale.algorithms.config import BaseConfig
 from particlescale.algorithms.selection import select_answer
+from particlescale.algorithms.targets import describe
 from particlescale.protocols import GenerationSession, Generator, RewardModel
 from particlescale.types import Candidate, Problem, Result, Stopwatch, Trace, Usage
 
@@ -30,7 +32,13 @@ class RunContext:
     aggregation: str
     usage: Usage
     trace: Trace
-    candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """What a method returns: the final candidates and method-specific facts for info."""
+
+    candidates: list[Candidate]
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,17 +67,17 @@ async def run(
     session = generator.session(problem, cfg.sampling(), rng, usage)
     ctx = RunContext(problem, generator, reward, session, rng, budget, aggregation, usage, trace)
     try:
-        await fn(ctx, cfg, progress)
+        outcome: Outcome = await fn(ctx, cfg, progress)
     finally:
         await session.aclose()
         usage.wall_time = clock.elapsed()
     return Result(
-        answer=select_answer(ctx.candidates, cfg.selector),
-        candidates=ctx.candidates,
+        answer=select_answer(outcome.candidates, cfg.selector),
+        candidates=outcome.candidates,
         usage=usage,
         trace=trace,
         method=method,
         budget=budget,
         seed=seed,
-        info=ctx.info,
+        info={**describe(method, cfg), **outcome.info},
     )

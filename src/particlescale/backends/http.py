@@ -8,9 +8,20 @@ client)::
         response = POST(url, json, timeout)            # one request, per-request timeout
         2xx                        -> return its JSON
         429, 5xx, connect error,
-        timeout, dropped connection -> sleep(backoff(attempt)), try again
+        dropped connection          -> sleep(backoff(attempt)), try again
+        timeout                     -> fail now, unless retry_timeouts (see below)
         other 4xx                  -> fail now, with the server's own message
     all attempts failed            -> BackendError(kind, status)
+
+A request that timed out is not sent again unless ``retry_timeouts``: the server may still be
+working on it (a long generation on a busy server), and sending it again adds load exactly
+when the server is short of it; a hanging server then costs one ``timeout`` per call, not
+``(retries + 1) * timeout``. Connecting has its own shorter limit (``connect_timeout``), and a
+request that could not connect is retried.
+
+Credentials in the URL (``http://user:password@host/v1``) are taken out of it and sent as
+HTTP basic auth; messages and logs show :func:`redact_url` forms only (no user info, query
+values masked).
 
 ``backoff(attempt) = uniform(0, min(max_backoff, base * 2**attempt))`` ("full jitter": many
 clients that failed together do not retry together); a 429's ``Retry-After`` header, when
@@ -33,17 +44,57 @@ or by :meth:`HttpEndpoint.aclose`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
+import re
+import socket
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from particlescale.errors import BackendError, ConfigError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CONNECT_TIMEOUT = 10.0
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+_QUERY_VALUE = re.compile(r"([?&][^=&\s#]+=)[^&\s#]*")
+_CONNECTION_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user info of every URL in it removed and query values masked:
+    ``http://admin:pw@host/v1?key=abc`` -> ``http://host/v1?key=***``."""
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1", text))
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its user info, and that user info as an ``Authorization: Basic``
+    header value (None if absent)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
+
+
+def _connect_reason(e: aiohttp.ClientConnectorError) -> str:
+    """Why a connection failed, without the address (it is in the message already)."""
+    os_error = getattr(e, "os_error", None)
+    if isinstance(os_error, socket.gaierror):
+        return f"host name not resolved: {os_error.strerror}"
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    return type(os_error or e).__name__
 
 
 def server_message(status: int, raw: bytes) -> str:
@@ -93,7 +144,8 @@ class HttpEndpoint:
     """One server (``base_url``), with its retry policy and its concurrency limit.
 
     ``timeout`` is per request (seconds); ``retries`` is the number of extra attempts after the
-    first; ``max_concurrency`` bounds the requests in flight to this server across all callers.
+    first; ``max_concurrency`` bounds the requests in flight to this server across all callers;
+    ``retry_timeouts`` sends a request that timed out again (off: see the module docstring).
     """
 
     base_url: str
@@ -103,22 +155,35 @@ class HttpEndpoint:
     backoff: float = 0.25
     max_backoff: float = 8.0
     max_concurrency: int = 64
+    retry_timeouts: bool = False
+    connect_timeout: float = CONNECT_TIMEOUT
     jitter: random.Random = field(default_factory=random.Random, repr=False)
     _state: _LoopState | None = field(default=None, init=False, repr=False)
+    _auth: str | None = field(default=None, init=False, repr=False)
     requests: int = field(default=0, init=False)
     """Requests sent (attempts included); for tests and benchmarks."""
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(
+                ("http://", "https://")):
             raise ConfigError(
-                f"base_url: {self.base_url!r} is not an http(s) URL; "
+                f"base_url: {redact_url(str(self.base_url))!r} is not an http(s) URL; "
                 "pass e.g. http://localhost:8000/v1"
             )
-        self.base_url = self.base_url.rstrip("/")
-        if self.timeout <= 0:
-            raise ConfigError(f"timeout: must be > 0 seconds, got {self.timeout}")
-        if self.retries < 0:
-            raise ConfigError(f"retries: must be >= 0, got {self.retries}")
+        try:
+            url, self._auth = split_credentials(self.base_url.rstrip("/"))
+        except ValueError as e:  # a port that is no number, an unclosed [IPv6 address
+            raise ConfigError(f"base_url: {redact_url(self.base_url)!r} is not a valid URL "
+                              f"({e})") from None
+        if self._auth is not None and self.api_key:
+            raise ConfigError(
+                f"base_url: {redact_url(url)!r} carries a user and password and an API key is "
+                "set too (api_key, PARTICLESCALE_API_KEY or OPENAI_API_KEY); give one of them")
+        self.base_url = url
+        if not isinstance(self.timeout, int | float) or not 0 < self.timeout < float("inf"):
+            raise ConfigError(f"timeout: must be a number of seconds > 0, got {self.timeout}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"retries: must be an integer >= 0, got {self.retries}")
         if self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency: must be >= 1, got {self.max_concurrency}")
 
@@ -126,10 +191,13 @@ class HttpEndpoint:
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop or self._state.session.closed:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            if self._auth is not None:
+                headers["Authorization"] = self._auth
             connector = aiohttp.TCPConnector(limit=self.max_concurrency)
             session = aiohttp.ClientSession(
                 connector=connector, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
+                timeout=aiohttp.ClientTimeout(
+                    total=self.timeout, sock_connect=min(self.timeout, self.connect_timeout)))
             closer = _close_at_loop_shutdown(session)
             await closer.__anext__()
             self._state = _LoopState(loop, session, asyncio.Semaphore(self.max_concurrency),
@@ -167,18 +235,28 @@ class HttpEndpoint:
                         status = resp.status  # only once the whole body has arrived
                         if status == 429:
                             retry_after = resp.headers.get("Retry-After")
+                except _CONNECTION_TIMEOUT as e:  # never connected: nothing was sent
+                    last = BackendError(f"{method} {url}: cannot connect within "
+                                        f"{min(self.timeout, self.connect_timeout):g} s "
+                                        f"({type(e).__name__}); is the server up and the URL "
+                                        "right?", kind="connect")
                 except (TimeoutError, aiohttp.ServerTimeoutError) as e:
                     last = BackendError(
                         f"{method} {url}: no answer within {self.timeout:g} s "
-                        f"({type(e).__name__}); raise timeout= or check the server's load",
-                        kind="timeout")
+                        f"({type(e).__name__}); raise the timeout (--timeout, or timeout= in "
+                        "Python) or check the server's load", kind="timeout")
+                    if not self.retry_timeouts:
+                        raise BackendError(
+                            f"{last} (not sent again: the server may still be working on it)",
+                            kind="timeout") from None
                 except aiohttp.ClientConnectorError as e:
-                    last = BackendError(f"{method} {url}: cannot connect ({e}); is the server "
-                                        "running and the URL right?", kind="connect")
+                    last = BackendError(f"{method} {url}: cannot connect ({_connect_reason(e)}); "
+                                        "is the server running and the URL right?",
+                                        kind="connect")
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                         aiohttp.ClientOSError) as e:
                     last = BackendError(f"{method} {url}: connection dropped "
-                                        f"({type(e).__name__}: {e})", kind="connect")
+                                        f"({type(e).__name__})", kind="connect")
             if status is not None:
                 if 200 <= status < 300:
                     try:

@@ -12,6 +12,7 @@ Another backend adds itself with one line: ``GENERATORS["llamacpp"] = build_llam
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,36 @@ def build_llamacpp(arg: str, *, model: str | None = None, api_key: str | None = 
 
 
 GENERATORS: dict[str, Builder] = {"openai": build_openai, "llamacpp": build_llamacpp}
+HTTP_GENERATORS = ("openai",)
+"""Prefixes whose generators talk HTTP (and take ``timeout``, ``retries``, ``template``)."""
+
+
+def client_options(spec: str, *, timeout: float | None = None, retries: int | None = None,
+                   template: str | None = None) -> dict[str, Any]:
+    """The keyword options the CLI flags ``--timeout``, ``--retries`` and ``--template`` give
+    the generator of ``spec`` (only those given), checked: a flag the generator cannot use is
+    a :class:`ConfigError` naming it, not an ignored setting."""
+    given: dict[str, Any] = {k: v for k, v in (("timeout", timeout), ("retries", retries),
+                                                ("template", template)) if v is not None}
+    if not given:
+        return {}
+    prefix = spec.strip().partition(":")[0]
+    if prefix not in HTTP_GENERATORS:
+        flags = ", ".join(f"--{k}" for k in given)
+        raise ConfigError(f"{flags}: only for generators on a server (openai:URL); generator "
+                          f"{prefix!r} sends no requests")
+    if timeout is not None and not 0 < timeout < math.inf:  # also refuses NaN
+        raise ConfigError(f"--timeout: must be a number of seconds > 0, got {timeout}")
+    if retries is not None and retries < 0:
+        raise ConfigError(f"--retries: must be >= 0, got {retries}")
+    if template is not None:
+        from particlescale.backends.openai import templates
+
+        names = ("auto", "server", "hf", *templates.BUILTIN)
+        if template not in names:
+            raise ConfigError(f"--template: unknown {template!r}; choose one of "
+                              f"{', '.join(names)}")
+    return given
 FALLBACK: Builder | None = None
 
 

@@ -1,7 +1,9 @@
 """``particlescale eval``: run a resumable sweep of methods x budgets x seeds over a dataset.
 
-Everything is validated (dataset, fields, methods and their options, budgets, seeds, output
-directory, configuration hash) before any model is loaded. Re-running the same command resumes.
+Everything is validated (numbers, dataset, fields, methods and their options, budgets, seeds,
+reward and generator options, output directory and its lock, configuration hash) before any
+model is loaded. Re-running the same command resumes; two runs on one ``--out`` at once are
+refused (the second exits 2 naming the PID of the first).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from rich.console import Console
 
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
-from particlescale.eval.backends import DEFAULT_GENERATOR, BackendSpec
+from particlescale.eval.backends import DEFAULT_GENERATOR, BackendSpec, validate
 from particlescale.eval.datasets import PROFILES, Dataset, Selection, load_dataset
 from particlescale.eval.specs import parse_budgets, parse_methods, parse_options, parse_seeds
 from particlescale.eval.sweep import SweepConfig, SweepSummary, run_sweep
@@ -45,6 +47,14 @@ def eval_command(
     reward: Annotated[str | None, typer.Option(
         help="Reward spec (default: the registry's default), e.g. arith, judge+arith.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for HTTP generators.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="openai:URL: seconds per request (default 120); a generation that times out is "
+             "not sent again.")] = None,
+    retries: Annotated[int | None, typer.Option(
+        help="openai:URL: extra attempts after a failed request (default 4).")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="openai:URL: chat template of the served model: auto, server, hf, qwen, llama3.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Keep the first N problems.")] = None,
     sample: Annotated[int | None, typer.Option(help="Draw K problems at random (see --seed).")
                       ] = None,
@@ -67,7 +77,7 @@ def eval_command(
         "aside).")] = False,
     reuse_samples: Annotated[bool, typer.Option(
         help="Sampling baselines at smaller budgets from subsets of the largest budget's "
-        "samples.")] = False,
+        "samples (they always share one sample set per problem, seed and budget).")] = False,
     traces: Annotated[bool, typer.Option(help="Write one trace JSON per task under DIR/traces.")
                       ] = False,
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
@@ -80,6 +90,9 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Evaluate methods x budgets x seeds on a dataset; results go to OUT/results.jsonl."""
+    _check_numbers(concurrency=concurrency, grading_workers=grading_workers,
+                   grading_timeout=grading_timeout, limit=limit, sample=sample,
+                   ray_workers=ray_workers)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor: unknown {executor!r}; choose local or ray")
     if ray_address and executor != "ray":
@@ -89,12 +102,15 @@ def eval_command(
     budget_list = parse_budgets(budgets)
     seed_list = parse_seeds(seeds)
     id_list = tuple(i.strip() for i in ids.split(",") if i.strip()) if ids else None
+    backend = BackendSpec(generator=generator, model=model, reward=reward, api_key=api_key,
+                          timeout=timeout, retries=retries, template=template)
+    validate(backend)
     ds = load_dataset(dataset, question_field=question_field, answer_field=answer_field,
                       id_field=id_field, extractor=answer_extractor, grading=grading,
                       selection=Selection(limit=limit, sample=sample, seed=seed, ids=id_list))
     cfg = SweepConfig(
         dataset=ds, methods=specs, budgets=budget_list, seeds=seed_list, out=out,
-        backend=BackendSpec(generator=generator, model=model, reward=reward, api_key=api_key),
+        backend=backend,
         options=common, concurrency=concurrency, force=force, reuse_samples=reuse_samples,
         traces=traces, grader_workers=grading_workers, grading_timeout_s=grading_timeout,
     )
@@ -133,12 +149,27 @@ def check_answer_key(ds: Dataset) -> None:
             "file with --answer-extractor gsm8k")
 
 
+def _check_numbers(**values: float | None) -> None:
+    """Refuse a count below 1 or a non-positive timeout, naming the flag (before anything
+    loads; a grader built with them would fail mid-sweep)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "grading_timeout":
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"{flag}: must be a number of seconds > 0, got {value}")
+        elif value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
+
+
 def print_summary(s: SweepSummary, console: Console) -> None:
     if s.dropped_torn_line:
         console.print("dropped a torn last line of results.jsonl (an interrupted write)")
     console.print(
         f"{s.out}: {s.planned} results planned, {s.skipped} already done, {s.ran} run, "
-        f"{s.derived} derived from larger budgets, {s.errors} failed"
+        f"{s.shared} on another method's samples, {s.derived} derived from larger budgets, "
+        f"{s.errors} failed"
     )
     for e in s.error_examples:
         console.print(f"  failed: {e}")

@@ -1,4 +1,5 @@
-"""``particlescale models list | pull NAME | path NAME``: the known GGUF models and the cache."""
+"""``particlescale models list | pull NAME | path NAME | export-hf NAME DIR | tiny-prm KIND DIR``:
+the known GGUF models, the cache, and Hugging Face-format exports for vLLM."""
 
 from __future__ import annotations
 
@@ -39,3 +40,37 @@ def path(
 ) -> None:
     """Print the local path of a model (error if a known name is not pulled)."""
     typer.echo(str(registry.resolve(spec)))
+
+
+@models_app.command("export-hf")
+def export_hf(
+    name: str = typer.Argument(..., help="a known model name or a .gguf path"),
+    out_dir: str = typer.Argument(..., metavar="DIR", help="directory to write (created)"),
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32"),
+    force: bool = typer.Option(False, "--force", help="replace DIR's contents"),
+) -> None:
+    """Save a GGUF model as a Hugging Face safetensors directory (for `vllm serve DIR`).
+
+    Needs `pip install 'particlescale[export]'` (transformers, gguf, accelerate, torch)."""
+    from particlescale import hf_export
+
+    typer.echo(str(hf_export.export_hf(name, out_dir, dtype=dtype, force=force)))
+
+
+@models_app.command("tiny-prm")
+def tiny_prm(
+    kind: str = typer.Argument(..., help="qwen-prm or math-shepherd"),
+    out_dir: str = typer.Argument(..., metavar="DIR", help="directory to write (replaced)"),
+    tokenizer: str = typer.Option(..., help="an `export-hf qwen2.5-0.5b` directory"),
+    hidden: int = typer.Option(64, help="hidden size (multiple of 32)"),
+    layers: int = typer.Option(2, help="transformer layers"),
+    seed: int = typer.Option(0, help="seed of the random weights"),
+) -> None:
+    """A small random-weight PRM with a real architecture, for testing a vLLM set-up; prints
+    the vLLM flags that serve it."""
+    import json
+
+    from particlescale import hf_export
+
+    info = hf_export.tiny_prm(kind, out_dir, tokenizer, hidden=hidden, layers=layers, seed=seed)
+    typer.echo(json.dumps(info, ensure_ascii=False))

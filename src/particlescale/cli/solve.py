@@ -1,8 +1,10 @@
 """``particlescale solve "QUESTION"``: solve one problem and show how the particles did.
 
 Everything that can be checked without a model (question, method, options, budget, seed,
-reward spec, trace path) is checked first, so a typo fails in milliseconds with one line
-``error: ...`` instead of after a model load. Then the generator and the reward are built,
+reward spec and the files it names, the model file, server flags, trace path) is checked
+first, so a typo fails in milliseconds with one line ``error: ...`` instead of after a model
+load. The default reward is ``arith*logprob`` with the embedded engine and ``arith`` with a
+server (which reports no step log-probabilities). Then the generator and the reward are built,
 the method runs with a live status line (step, live / finished particles, ESS), and the
 answer and a table of the final particles (answer, weight, reward, steps) are printed.
 ``--json`` prints the Result as JSON on stdout instead (progress stays on stderr). Ctrl-C
@@ -28,7 +30,6 @@ from particlescale.api import MAX_BUDGET, asolve
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
 from particlescale.models import DEFAULT_GENERATOR
-from particlescale.rewards.registry import DEFAULT_REWARD
 from particlescale.types import Problem, Result
 
 MAX_ROWS = 20
@@ -53,9 +54,11 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _check_inputs(question: str, method: str, options: dict[str, Any], budget: int,
-                  seed: int | None, reward: str, trace: Path | None) -> None:
+                  seed: int | None, reward: str, trace: Path | None,
+                  generator: str = "llamacpp", model: str | None = None) -> None:
+    from particlescale.rewards.checks import check_reward_spec
     from particlescale.rewards.combine import parse_spec
-    from particlescale.rewards.registry import REWARDS, make_reward
+    from particlescale.rewards.registry import make_reward
 
     if not question.strip():
         raise ConfigError("question: is empty; pass the problem text, e.g. "
@@ -66,31 +69,37 @@ def _check_inputs(question: str, method: str, options: dict[str, Any], budget: i
     if seed is not None and seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {seed}")
     for _, name in parse_spec(reward):
-        prefix = name.partition(":")[0].strip()
-        if prefix not in REWARDS:
-            raise ConfigError(f"--reward: unknown {prefix!r}; choose one of {', '.join(REWARDS)} "
-                              "or combine them, e.g. 'judge+arith'")
-        if prefix == "reference":
+        if name.partition(":")[0].strip() == "reference":
             make_reward(name)  # a bad option (noise < 0, ...) is named first
             raise ConfigError("--reward: 'reference' scores by a worked solution (the answer "
                               "key) and a question given to solve has none; it is an "
                               "instrument for datasets that carry one: particlescale eval -d "
                               "gsm8k --reward reference")
+    check_reward_spec(reward, _full_spec(generator))
     if trace is not None and not trace.expanduser().resolve().parent.is_dir():
         raise ConfigError(f"--trace: the folder of {str(trace)!r} does not exist")
+    if _full_spec(generator).startswith("llamacpp:") and not (model or "").startswith("hf:"):
+        from particlescale import models
+
+        models.resolve(model or DEFAULT_GENERATOR)  # unknown, not pulled, missing, corrupt
+
+
+def _full_spec(spec: str) -> str:
+    from particlescale.backends.registry import GENERATORS
+
+    return f"{spec}:" if ":" not in spec and spec in GENERATORS else spec
 
 
 def _build_generator(spec: str, model: str | None, api_key: str | None,
-                     features: bool = False) -> Any:
-    from particlescale.backends.registry import GENERATORS, make_generator
+                     features: bool = False, client: dict[str, Any] | None = None) -> Any:
+    from particlescale.backends.registry import make_generator
 
-    if ":" not in spec and spec in GENERATORS:
-        spec = f"{spec}:"  # "llamacpp" = "llamacpp:" with --model
+    spec = _full_spec(spec)  # "llamacpp" = "llamacpp:" with --model
     if spec.startswith("llamacpp:") and model is None:
         model = DEFAULT_GENERATOR
     # The value reward reads the engine's hidden states, recorded only when asked for.
     kw = {"embeddings": True} if features and spec.startswith("llamacpp:") else {}
-    return make_generator(spec, model=model, api_key=api_key, **kw)
+    return make_generator(spec, model=model, api_key=api_key, **kw, **(client or {}))
 
 
 class _Status:
@@ -180,27 +189,43 @@ def solve(
              f"{DEFAULT_GENERATOR}); with --generator openai:URL the served model's name"),
     generator: str = typer.Option("llamacpp", "--generator",
                                   help="llamacpp (embedded) or openai:URL[,URL...]"),
-    reward: str = typer.Option(DEFAULT_REWARD, "--reward", "-r",
-                               help="arith, logprob, judge[:MODEL|:URL], vllm-prm:URL, ... or a "
-                                    "product such as judge+arith, 0.5*arith+judge"),
+    reward: str | None = typer.Option(
+        None, "--reward", "-r",
+        help="arith, logprob, judge[:MODEL|:URL], vllm-prm:URL, ... or a product such as "
+             "judge+arith, 0.5*arith+judge (default: arith*logprob; arith with openai:URL, "
+             "which reports no log-probabilities)"),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="method option KEY=VALUE (repeatable; see "
                                           "`particlescale methods`)"),
     api_key: str | None = typer.Option(None, "--api-key",
                                        help="key for openai:URL servers (else "
                                             "PARTICLESCALE_API_KEY / OPENAI_API_KEY)"),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="openai:URL: seconds per request (default 120); a generation "
+                                "that times out is not sent again"),
+    retries: int | None = typer.Option(
+        None, "--retries", help="openai:URL: extra attempts after a failed request "
+                                "(default 4)"),
+    template: str | None = typer.Option(
+        None, "--template", help="openai:URL: chat template of the served model: auto, "
+                                 "server, hf, qwen (ChatML), llama3 (default auto)"),
     as_json: bool = typer.Option(False, "--json", help="print the Result as JSON on stdout"),
     trace: Path | None = typer.Option(None, "--trace",
                                       help="write the run's trace (JSON) to this file"),
 ) -> None:
     """Solve QUESTION with an inference-time scaling method and print the answer."""
+    from particlescale.backends.registry import client_options
+    from particlescale.rewards.checks import default_reward
+
     options = parse_options(option)
-    _check_inputs(question, method, options, budget, seed, reward, trace)
+    reward = reward or default_reward(_full_spec(generator))
+    client = client_options(generator, timeout=timeout, retries=retries, template=template)
+    _check_inputs(question, method, options, budget, seed, reward, trace, generator, model)
     err = Console(stderr=True)
     out = Console() if not as_json else err
     try:
         asyncio.run(_run(question, method, budget, seed, model, generator, reward, options,
-                         api_key, as_json, trace, err, out))
+                         api_key, as_json, trace, err, out, client))
     except KeyboardInterrupt:
         # asyncio.run has cancelled the run: its sessions and the engine are closed by now.
         print("interrupted", file=sys.stderr)
@@ -210,14 +235,14 @@ def solve(
 async def _run(question: str, method: str, budget: int, seed: int | None, model: str | None,
                generator_spec: str, reward_spec: str, options: dict[str, Any],
                api_key: str | None, as_json: bool, trace: Path | None, err: Console,
-               out: Console) -> None:
+               out: Console, client: dict[str, Any] | None = None) -> None:
     from particlescale.rewards.registry import make_reward
 
     gen = rew = None
     try:
         with err.status(f"loading {escape(model or generator_spec)} ..."):
             gen = _build_generator(generator_spec, model, api_key,
-                                   features="value" in reward_spec)
+                                   features="value" in reward_spec, client=client)
             rew = make_reward(reward_spec, generator=gen)
         err.print(f"[dim]generator {escape(gen.name)}, reward {escape(rew.name)}[/dim]")
         with _Status(err, method, budget) as status:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
-from particlescale.value.head import model_sha256
+from particlescale.rewards.value_head import model_sha256
 
 
 @app.command("train-prm")
@@ -42,8 +42,8 @@ def train_prm(
     """Sample solutions, label each step prefix by its solution's outcome, fit a value head."""
     from particlescale.backends.llamacpp import LlamaCppGenerator
     from particlescale.eval.datasets import Selection, load_dataset
+    from particlescale.eval.value_train import SamplingClock, collect, fit_from_sets, write_head
     from particlescale.protocols import SamplingParams
-    from particlescale.value.train import SamplingClock, collect, fit_from_sets, write_head
 
     if kind not in ("logistic", "mlp"):
         raise ConfigError(f"--kind: unknown {kind!r}; choose logistic or mlp")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import webbrowser
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,17 @@ def default_output(traces: list[Path]) -> Path:
     if len(traces) == 1:
         return traces[0].with_suffix(".html")
     return traces[0].with_name("-vs-".join(t.stem for t in traces) + ".html")
+
+
+def math_verify_grader() -> Callable[[str, list[str]], list[bool]]:
+    """The harness's math-verify grader, for the viewer's answers (one worker process)."""
+    from particlescale.eval.grading import Grader
+
+    def grade(gold: str, answers: list[str]) -> list[bool]:
+        with Grader(workers=1) as grader:
+            return [g.correct for g in grader.grade_many([(gold, a) for a in answers])]
+
+    return grade
 
 
 @app.command()
@@ -40,7 +52,8 @@ def view(
         raise ConfigError(f"--output: {out} should end in .html (it is an HTML page)")
     if out.resolve() in {t.resolve() for t in traces}:
         raise ConfigError(f"--output: {out} is one of the input traces; choose another path")
-    path = write_view(traces, out, title=title, math_verify=math_verify)
+    path = write_view(traces, out, title=title,
+                      extra=math_verify_grader() if math_verify else None)
     typer.echo(str(path))
     if open_ and not webbrowser.open(path.resolve().as_uri()):
         typer.echo(f"no web browser found; open {path} yourself", err=True)

@@ -5,8 +5,11 @@ it can be hashed into the sweep's configuration and shipped to other machines:
 
 * ``generator``: a spec for :func:`particlescale.backends.registry.make_generator`
   (``llamacpp`` = the embedded engine, ``openai:URL``, ...), with ``model`` and ``api_key``;
-* ``reward``: a spec for :func:`particlescale.rewards.registry.make_reward` (default
-  :data:`~particlescale.rewards.registry.DEFAULT_REWARD`);
+* ``reward``: a spec for :func:`particlescale.rewards.registry.make_reward` (default:
+  :func:`particlescale.rewards.checks.default_reward` of the generator: ``arith*logprob``,
+  or ``arith`` for a server generator, which reports no step log-probabilities);
+* ``timeout``, ``retries``, ``template``: options of an ``openai:URL`` generator (the first
+  two change no result and are not part of the configuration hash);
 * either may be a **plugin** ``py:MODULE:FACTORY`` or ``py:path/to/file.py:FACTORY``: the
   factory is imported and called (the generator factory with ``model=``, the reward factory with
   ``generator=``). This is how tests run the real CLI over scripted backends, and how users plug
@@ -36,12 +39,27 @@ class BackendSpec:
     model: str | None = None
     reward: str | None = None
     api_key: str | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    template: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """What goes into the configuration hash (never the API key)."""
+        """What goes into the configuration hash: never the API key, nor the timeout and
+        retries (they change no result); the template only when set (so the hashes of
+        sweeps from before it existed stay the same)."""
         d = asdict(self)
-        d.pop("api_key")
+        for key in ("api_key", "timeout", "retries"):
+            d.pop(key)
+        if d["template"] is None:
+            d.pop("template")
         return d
+
+    def client_options(self) -> dict[str, Any]:
+        """The generator's HTTP options (checked; see backends.registry.client_options)."""
+        from particlescale.backends.registry import client_options
+
+        return client_options(generator_spec(self.generator), timeout=self.timeout,
+                              retries=self.retries, template=self.template)
 
 
 def load_plugin(spec: str, what: str) -> Any:
@@ -78,7 +96,8 @@ def build_generator(spec: BackendSpec) -> Generator:
         return load_plugin(spec.generator, "generator")(model=spec.model)
     from particlescale.backends.registry import make_generator
 
-    return make_generator(generator_spec(spec.generator), model=spec.model, api_key=spec.api_key)
+    return make_generator(generator_spec(spec.generator), model=spec.model, api_key=spec.api_key,
+                          **spec.client_options())
 
 
 def generator_spec(spec: str) -> str:
@@ -89,7 +108,8 @@ def generator_spec(spec: str) -> str:
 
 
 def validate(spec: BackendSpec) -> None:
-    """Check the generator prefix and every reward name now, before any model is loaded."""
+    """Check the generator prefix, its HTTP options and the reward (names, the files it
+    names, whether it suits the generator) now, before any model is loaded."""
     from particlescale.backends.registry import FALLBACK, GENERATORS
 
     if not spec.generator.startswith(PLUGIN):
@@ -98,21 +118,18 @@ def validate(spec: BackendSpec) -> None:
             raise ConfigError(f"generator: unknown spec {spec.generator!r}; use one of "
                               f"{', '.join(GENERATORS)} (e.g. llamacpp, openai:URL) or "
                               "py:MODULE:FACTORY")
+    spec.client_options()
     if spec.reward is not None and not spec.reward.startswith(PLUGIN):
-        from particlescale.rewards.combine import parse_spec
-        from particlescale.rewards.registry import REWARDS
+        from particlescale.rewards.checks import check_reward_spec
 
-        for _, name in parse_spec(spec.reward):
-            prefix = name.partition(":")[0].strip()
-            if prefix not in REWARDS:
-                raise ConfigError(f"reward: unknown {prefix!r}; choose one of "
-                                  f"{', '.join(REWARDS)} or combine them, e.g. 'judge+arith'")
+        check_reward_spec(spec.reward, generator_spec(spec.generator), flag="reward")
 
 
 def build_reward(spec: BackendSpec, generator: Generator | None) -> RewardModel:
-    from particlescale.rewards.registry import DEFAULT_REWARD, make_reward
+    from particlescale.rewards.checks import default_reward
+    from particlescale.rewards.registry import make_reward
 
-    name = spec.reward or DEFAULT_REWARD
+    name = spec.reward or default_reward(generator_spec(spec.generator))
     if name.startswith(PLUGIN):
         return load_plugin(name, "reward")(generator=generator)
     return make_reward(name, generator)

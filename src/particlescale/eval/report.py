@@ -204,9 +204,12 @@ def build_report(rows: list[dict[str, Any]], config: dict[str, Any] | None = Non
         md.append("Greedy does not depend on the budget: it runs once and is repeated across "
                   "columns.")
     if any(c.reused for c in cells.values()):
-        md.append("† Budgets below the largest were computed from subsets of the largest "
-                  "budget's samples (--reuse-samples); their prompt tokens and wall time are "
-                  "prorated, their generated tokens are the subset's own.")
+        md.append("† Reused samples: the sampled baselines share one sample set per problem "
+                  "and seed (each picks its answer from it), and with --reuse-samples budgets "
+                  "below the largest are subsets of the largest budget's samples. Tokens and "
+                  "wall time are what each method costs on its own (a subset's prompt tokens "
+                  "and wall time prorated, its generated tokens its own); the sweep generated "
+                  "them once.")
     md.append("")
     md += table("Accuracy (%)", acc_fmt)
     md += table("Mean generated tokens per problem", lambda c: f"{c.mean(c.tokens):.0f}")

@@ -14,6 +14,7 @@ named by its *canonical* spec (options sorted by name, values normalised), so
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ _KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Methods whose result does not depend on the budget: run once, at budget 1.
 BUDGET_FREE = frozenset({"greedy"})
 # Independent-sample baselines: smaller budgets can be subsets of the largest budget's samples.
-# The value says how a subset's weights are formed from the stored candidates.
+# The value says how a subset's weights are formed from the stored candidates. They sample
+# alike (N independent solutions) and differ only in how they pick, so a sweep draws one sample
+# set for all of those with the same sample_key (eval.shared); "score" ones need it scored.
 REUSABLE = {"self-consistency": "uniform", "best-of-n": "score", "weighted-best-of-n": "score"}
 
 
@@ -55,6 +58,19 @@ class MethodSpec:
     @property
     def reusable(self) -> bool:
         return self.name in REUSABLE
+
+    @property
+    def needs_scores(self) -> bool:
+        return REUSABLE.get(self.name) == "score"
+
+    @property
+    def sample_key(self) -> str | None:
+        """Specs with equal keys can share one sample set: every setting but the selector
+        (sampling, step cap, reward aggregation) is the same. None: this method cannot."""
+        if not self.reusable or self.config is None:
+            return None
+        settings = {k: v for k, v in self.config.model_dump().items() if k != "selector"}
+        return json.dumps(settings, sort_keys=True, default=str)
 
 
 def format_value(v: Any) -> str:

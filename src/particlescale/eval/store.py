@@ -12,6 +12,11 @@ appended; the *last* row of a key wins, so retrying an errored task appends its 
 Configuration: ``config.json`` holds the hash of everything that changes results (dataset
 source and fields, generator, model, reward, common method options). A run whose hash differs
 is refused unless ``force``, which moves the old results aside (never deletes them).
+
+One writer per directory: :func:`lock_out` takes an exclusive ``flock`` on ``DIR/.lock`` and
+writes its PID there. The kernel drops the lock when the process dies, however it dies, so a
+``kill -9`` never leaves a stale lock; a second run on the same directory is refused naming
+the PID that holds it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ import hashlib
 import json
 import os
 import time
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (not POSIX: no lock)
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,7 @@ from particlescale.errors import ConfigError, ParticlescaleError
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
+LOCK = ".lock"
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -132,12 +143,7 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def prepare_dir(out: Path, config: dict[str, Any], *, force: bool) -> str:
-    """Create ``out``, check it is writable, check or write ``config.json``; returns the hash.
-
-    Refuses a directory whose results come from a different configuration unless ``force``;
-    with ``force`` the old ``results.jsonl`` and ``config.json`` are renamed with a timestamp.
-    """
+def _writable_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -146,6 +152,81 @@ def prepare_dir(out: Path, config: dict[str, Any], *, force: bool) -> str:
     except OSError as e:
         raise ConfigError(f"out: cannot write to {out} ({e.strerror or e}); choose a writable "
                           "--out directory") from None
+
+
+class OutLock:
+    """The exclusive lock on a results directory (see :func:`lock_out`)."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """The PID written in a held lock file (the holder writes it just after locking)."""
+    for _ in range(20):
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if pid:
+            return pid
+        time.sleep(0.025)
+    return "unknown"
+
+
+def lock_out(out: Path) -> OutLock:
+    """Create ``out`` (checking it is writable) and lock it for this process, or raise
+    :class:`ConfigError` naming the PID of the process that holds it."""
+    _writable_dir(out)
+    path = out / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"out: cannot open the lock file {path} ({e.strerror or e}); make it "
+                          "writable or choose another --out directory") from None
+    if fcntl is None:  # pragma: no cover
+        return OutLock(path, fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _holder(fd) if isinstance(e, BlockingIOError) else None
+        os.close(fd)
+        if holder is None:
+            raise ConfigError(f"out: cannot lock {path} ({e.strerror or e}); choose another "
+                              "--out directory") from None
+        raise ConfigError(f"out: {out} is in use by another run (PID {holder}); wait for it to "
+                          "finish or stop it, or choose another --out directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return OutLock(path, fd)
+
+
+def _writable_file(path: Path) -> None:
+    """Refuse an existing file this process cannot read and append to."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with open(path, "r+b"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"out: cannot read and write {path} ({e.strerror or e}); make it "
+                          "writable (chmod u+rw) or choose another --out directory") from None
+
+
+def prepare_dir(out: Path, config: dict[str, Any], *, force: bool) -> str:
+    """Create ``out``, check it and ``results.jsonl`` are writable, check or write
+    ``config.json``; returns the hash.
+
+    Refuses a directory whose results come from a different configuration unless ``force``;
+    with ``force`` the old ``results.jsonl`` and ``config.json`` are renamed with a timestamp.
+    """
+    _writable_dir(out)
     h = config_hash(config)
     cfg_path = out / CONFIG
     if cfg_path.exists():
@@ -167,6 +248,7 @@ def prepare_dir(out: Path, config: dict[str, Any], *, force: bool) -> str:
                 p = out / name
                 if p.exists():
                     p.rename(out / f"{p.stem}.replaced-{stamp}{p.suffix}")
+    _writable_file(out / RESULTS)
     if not cfg_path.exists():
         tmp = cfg_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"version": 1, "hash": h, "config": config}, indent=2,

@@ -6,14 +6,31 @@
     done    = latest rows of DIR/results.jsonl without an error
     for task in plan - done, `concurrency` at a time, over one shared generator and reward:
         result = asolve(problem, method, budget, seed)      # an exception is recorded, not raised
+        (its sharing methods replay result's samples: eval.shared)
         grade every distinct candidate answer (math-verify pool / exact numbers)
-        append one row to results.jsonl (flush + fsync), write its trace if --traces
+        append one row per method to results.jsonl (flush + fsync), its trace if --traces
 
-With ``reuse_samples``, the sampling baselines (self-consistency, best-of-n, weighted-best-of-n)
-run only at the largest budget; each smaller budget K is computed from the first K samples of a
-seeded permutation of those samples (nested subsets, as search-and-learn does with
-``completions[:n]``). Such rows say ``reused_from``; their generated tokens are exact (the
-subset's own), their prompt tokens, calls and wall time are prorated by K/N.
+The sampling baselines (self-consistency, best-of-n, weighted-best-of-n) share one sample set
+per (problem, seed, budget) when their settings other than the selector are equal: one task
+draws it (a scored method if any of them needs scores), the others replay it through their
+own code (:mod:`particlescale.eval.shared`), so every row is exactly what its method gives on
+those samples and the sweep samples once instead of three times.
+
+With ``reuse_samples``, those baselines run only at the largest budget; each smaller budget K
+is computed from the first K samples of a seeded permutation of the samples of the method's
+largest-budget row (nested subsets, as search-and-learn does with ``completions[:n]``).
+
+Usage accounting. A row's ``usage`` is what its method costs on its own at its budget, which
+is what reports compare: a replayed row counts the shared samples' LM calls and tokens (and
+the drawing run's generation seconds in its wall time) but only its own reward calls; a
+subset row's generated tokens are exact (the subset's own), its prompt tokens, calls and wall
+time are prorated by K/N. What the sweep really generated is ``new_tokens``: the drawing row's
+generated tokens, 0 for every row that reused samples. Such rows say where their samples come
+from: ``samples_from`` (the method whose row drew them) and ``reused_from`` (that row's budget);
+a row that drew its own has both None. The sum of ``new_tokens`` is the sweep's generation.
+
+Resume: a drawing row is written together with the rows replaying it; if a crash leaves the
+drawing row without them, each missing one runs on its own on resume (new samples).
 
 The same :func:`run_task` and :class:`SweepState` drive the local asyncio executor here and the
 Ray executor (:mod:`particlescale.eval.ray_executor`), so results and resume are identical.
@@ -42,17 +59,20 @@ from particlescale.errors import ConfigError
 from particlescale.eval.backends import BackendSpec, aclose_backends, build_backends, validate
 from particlescale.eval.datasets import Dataset
 from particlescale.eval.grading import DEFAULT_TIMEOUT_S, Grade, Grader
+from particlescale.eval.plan import Member, Task, plan, planned_keys
+from particlescale.eval.shared import Recording, Replay
 from particlescale.eval.specs import REUSABLE, MethodSpec, parse_method
 from particlescale.eval.store import (
     RESULTS,
     ResultWriter,
     key_of,
     load_rows,
+    lock_out,
     prepare_dir,
     row_key,
 )
 from particlescale.protocols import Generator, RewardModel
-from particlescale.types import Candidate, Problem
+from particlescale.types import Candidate
 
 TRACES = "traces"
 
@@ -82,6 +102,11 @@ class SweepConfig:
             raise ConfigError("methods: empty; pass e.g. --methods pf,best-of-n")
         if not self.dataset.problems:
             raise ConfigError("dataset: no problems selected; check --ids/--limit/--sample")
+        if self.grader_workers < 1:
+            raise ConfigError(f"grading-workers: must be >= 1, got {self.grader_workers}")
+        if not 0 < self.grading_timeout_s < float("inf"):
+            raise ConfigError(f"grading-timeout: must be a number of seconds > 0, got "
+                              f"{self.grading_timeout_s}")
         validate(self.backend)
         # Validate each variant together with the common options (they apply to every method).
         self.methods = [parse_method(m.label, self.options) for m in self.methods]
@@ -98,64 +123,37 @@ class SweepConfig:
                 "problems": len(self.dataset.problems)}
 
 
-@dataclass(frozen=True)
-class Task:
-    """One unit of work (picklable: it travels to Ray workers)."""
-
-    problem: Problem
-    method: str  # the label: "pf(ess_threshold=0.5)"
-    name: str  # the registry name: "pf"
-    options: dict[str, Any] = field(hash=False)
-    budget: int
-    seed: int
-    derive: tuple[int, ...] = ()  # smaller budgets to compute from this task's samples
-    trace: bool = False
-
-    @property
-    def key(self) -> str:
-        return row_key(self.problem.id, self.method, self.budget, self.seed)
-
-
-def plan(cfg: SweepConfig) -> list[Task]:
-    """Every task of the sweep, small budgets first (the whole curve fills in early)."""
-    tasks = []
-    top = max(cfg.budgets)
-    for budget in cfg.budgets:
-        for spec in cfg.methods:
-            options = {**cfg.options, **spec.options}
-            if spec.budget_free and budget != cfg.budgets[0]:
-                continue
-            b = 1 if spec.budget_free else budget
-            derive: tuple[int, ...] = ()
-            if cfg.reuse_samples and spec.reusable:
-                if b != top:
-                    continue  # computed from the top budget's samples
-                derive = tuple(x for x in cfg.budgets if x < top)
-            for seed in cfg.seeds:
-                for p in cfg.dataset.problems:
-                    tasks.append(Task(p, spec.label, spec.name, options, b, seed, derive,
-                                      cfg.traces))
-    return tasks
-
-
-def planned_keys(tasks: list[Task]) -> list[str]:
-    keys = []
-    for t in tasks:
-        keys.append(t.key)
-        keys.extend(row_key(t.problem.id, t.method, b, t.seed) for b in t.derive)
-    return keys
-
-
 # ---------------------------------------------------------------------------------------------
 # Running one task (local or on a Ray worker)
 
 
 async def run_task(task: Task, generator: Generator, reward: RewardModel) -> dict[str, Any]:
-    """Run ``task``; never raises for a failing problem: the outcome carries the error."""
+    """Run ``task``; never raises for a failing problem: the outcome carries the error.
+    With ``task.shares`` the samples are recorded and each sharing method replays them; their
+    outcomes are under ``outcome["shared"][label]``."""
+    if not task.shares:
+        return await _solve(task, task.name, task.options, generator, reward)
+    recording = Recording(generator)
+    outcome = await _solve(task, task.name, task.options, recording, reward)
+    shared = {}
+    for m in task.shares:
+        if outcome["error"]:
+            shared[m.method] = {"error": outcome["error"], "wall_time": 0.0}
+            continue
+        o = await _solve(task, m.name, m.options, Replay(recording, m.method), reward)
+        if not o["error"]:  # the generation it did not have to wait for
+            o["usage"]["wall_time"] += recording.seconds
+        shared[m.method] = o
+    outcome["shared"] = shared
+    return outcome
+
+
+async def _solve(task: Task, name: str, options: dict[str, Any], generator: Generator,
+                 reward: RewardModel) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        result = await asolve(task.problem, generator=generator, reward=reward, method=task.name,
-                              budget=task.budget, seed=task.seed, **task.options)
+        result = await asolve(task.problem, generator=generator, reward=reward, method=name,
+                              budget=task.budget, seed=task.seed, **options)
     except Exception as e:  # one failing problem must not stop the sweep
         return {"error": f"{type(e).__name__}: {e}", "wall_time": time.perf_counter() - start}
     return {
@@ -240,6 +238,7 @@ class SweepSummary:
     planned: int
     skipped: int
     ran: int = 0
+    shared: int = 0  # rows that replayed another method's samples
     derived: int = 0
     errors: int = 0
     dropped_torn_line: bool = False
@@ -265,8 +264,13 @@ class SweepState:
         self.cfg = cfg
         self.progress = progress
         self.tasks = plan(cfg)
-        self.config_hash = prepare_dir(cfg.out, cfg.hashed(), force=cfg.force)
-        loaded = load_rows(cfg.out / RESULTS, repair=True)
+        self.lock = lock_out(cfg.out)  # one writer per directory (released in close)
+        try:
+            self.config_hash = prepare_dir(cfg.out, cfg.hashed(), force=cfg.force)
+            loaded = load_rows(cfg.out / RESULTS, repair=True)
+        except BaseException:
+            self.lock.release()
+            raise
         self.latest = loaded.latest()
         keys = planned_keys(self.tasks)
         self.done = {k for k in keys if k in self.latest and not self.latest[k].get("error")}
@@ -285,13 +289,21 @@ class SweepState:
         """Tasks to run, and (side effect) derived rows whose source row is already done."""
         todo = []
         for t in self.tasks:
-            missing = [b for b in t.derive
-                       if row_key(t.problem.id, t.method, b, t.seed) not in self.done]
-            if t.key in self.done:
-                if missing:
-                    self._write_derived(t, self.latest[t.key], missing)
-                continue
-            todo.append(t)
+            pid = t.problem.id
+            for m in t.members():
+                key = row_key(pid, m.method, t.budget, t.seed)
+                missing = [b for b in t.derive
+                           if row_key(pid, m.method, b, t.seed) not in self.done]
+                if key in self.done and missing:
+                    self._write_derived(m, pid, t.seed, self.latest[key], missing)
+            shares = tuple(m for m in t.shares
+                           if row_key(pid, m.method, t.budget, t.seed) not in self.done)
+            if t.key not in self.done:
+                todo.append(dataclasses.replace(t, shares=shares))
+            else:  # the drawing row was written without these (a crash): they run on their own
+                todo.extend(dataclasses.replace(t, method=m.method, name=m.name,
+                                                options=m.options, shares=())
+                            for m in shares)
         return todo
 
     def start_progress(self) -> None:
@@ -302,31 +314,44 @@ class SweepState:
     # results ------------------------------------------------------------------------------
 
     async def finish(self, task: Task, outcome: dict[str, Any]) -> None:
-        """Grade an outcome, write its trace and row (and derived rows)."""
-        row = await self._row(task, outcome)
-        if outcome.get("trace") is not None:
-            name = trace_name(task.problem.id, task.method, task.budget, task.seed)
-            path = self.cfg.out / TRACES / f"{name}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(outcome["trace"], default=str))
-            tmp.replace(path)
-            row["trace"] = f"{TRACES}/{name}.json"
-        self._append(row)
+        """Grade an outcome (and those of the methods sharing its samples), write their traces
+        and rows, then their derived rows."""
+        members = task.members()
+        outcomes = [outcome, *(outcome["shared"][m.method] for m in task.shares)]
+        rows = []
+        for i, (m, o) in enumerate(zip(members, outcomes, strict=True)):
+            row = await self._row(task, m, o)
+            if i > 0 and not row["error"]:
+                row.update(samples_from=task.method, reused_from=task.budget, new_tokens=0)
+            if o.get("trace") is not None:
+                name = trace_name(task.problem.id, m.method, task.budget, task.seed)
+                path = self.cfg.out / TRACES / f"{name}.json"
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(o["trace"], default=str))
+                tmp.replace(path)
+                row["trace"] = f"{TRACES}/{name}.json"
+            rows.append(row)
+        for row in rows:  # one after the other, no await in between: a crash rarely splits them
+            self._append(row)
         self.summary.ran += 1
+        self.summary.shared += len(rows) - 1
         if task.derive:
-            self._write_derived(task, row, list(task.derive))
+            for m, row in zip(members, rows, strict=True):
+                self._write_derived(m, task.problem.id, task.seed, row, list(task.derive))
 
-    async def _row(self, task: Task, outcome: dict[str, Any]) -> dict[str, Any]:
+    async def _row(self, task: Task, m: Member, outcome: dict[str, Any]) -> dict[str, Any]:
         gold = task.problem.answer
         base = {
-            "problem_id": task.problem.id, "method": task.method, "method_name": task.name,
+            "problem_id": task.problem.id, "method": m.method, "method_name": m.name,
             "budget": task.budget, "seed": task.seed, "gold": gold,
-            "config_hash": self.config_hash, "reused_from": None, "trace": None,
+            "config_hash": self.config_hash, "reused_from": None, "samples_from": None,
+            "trace": None,
         }
         if outcome.get("error"):
             return {**base, "answer": None, "correct": False, "grade": None, "text": None,
                     "candidates": [], "usage": {"wall_time": outcome.get("wall_time", 0.0)},
-                    "info": {}, "error": outcome["error"], "time": time.time()}
+                    "new_tokens": 0, "info": {}, "error": outcome["error"],
+                    "time": time.time()}
         grades = await self._grade_answers(gold, [c["answer"] for c in outcome["candidates"]]
                                            + [outcome["answer"]])
         cands = [{**c, "correct": _verdict(grades, c["answer"]).correct}
@@ -334,8 +359,9 @@ class SweepState:
         g = _verdict(grades, outcome["answer"])
         return {**base, "answer": outcome["answer"], "correct": g.correct, "grade": g.how,
                 "grade_error": g.error, "text": outcome.get("text"), "candidates": cands,
-                "usage": outcome["usage"], "info": outcome.get("info") or {}, "error": None,
-                "time": time.time()}
+                "usage": outcome["usage"],
+                "new_tokens": int(outcome["usage"].get("generated_tokens", 0)),
+                "info": outcome.get("info") or {}, "error": None, "time": time.time()}
 
     async def _grade_answers(self, gold: str | None, answers: list[str | None]
                              ) -> dict[str | None, Grade]:
@@ -350,16 +376,17 @@ class SweepState:
                    for k, a in distinct.items()}
         return {k: await f for k, f in futures.items()}
 
-    def _write_derived(self, task: Task, source: dict[str, Any], budgets: list[int]) -> None:
-        spec = self.specs[task.method]
+    def _write_derived(self, m: Member, problem_id: str, seed: int, source: dict[str, Any],
+                       budgets: list[int]) -> None:
+        spec = self.specs[m.method]
         selector = spec.config.selector if spec.config is not None else "argmax"
         for b in sorted(budgets):
             if source.get("error"):
                 row = {**source, "budget": b, "reused_from": source["budget"], "time": time.time()}
             else:
-                row = derive_subset(source, b, selector, REUSABLE[task.name], task.problem.id,
-                                    task.seed)
-                row["time"] = time.time()
+                row = derive_subset(source, b, selector, REUSABLE[m.name], problem_id, seed)
+                row.update(samples_from=source.get("samples_from") or source["method"],
+                           new_tokens=0, time=time.time())
             self._append(row)
             self.summary.derived += 1
 
@@ -375,12 +402,11 @@ class SweepState:
                 self.summary.error_examples.append(f"{row['problem_id']} {row['method']} "
                                                    f"b={row['budget']}: {row['error']}")
         if self.progress is not None:
-            tokens = int(row.get("usage", {}).get("generated_tokens", 0))
-            self.progress.advance(1, int(bool(row.get("correct"))),
-                                  0 if row.get("reused_from") else tokens)
+            self.progress.advance(1, int(bool(row.get("correct"))), int(row.get("new_tokens", 0)))
 
     def close(self) -> None:
         self.writer.close()
+        self.lock.release()
         if self.grader is not None:
             self.grader.close()
             self.grader = None

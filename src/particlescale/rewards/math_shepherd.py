@@ -12,8 +12,12 @@ P(+). vLLM flags: ``--task reward --override-pooler-config '{"pooling_type": "ST
 "step_tag_id": 12902, "returned_token_ids": [648, 387]}'`` for vLLM 0.7 - 0.9;
 ``--runner pooling`` with the same ``--override-pooler-config`` in 0.10; ``--runner pooling
 --pooler-config '...'`` (same JSON) from 0.11 (``--override-pooler-config`` was deprecated in
-0.11 and removed in 0.12). The Math-Shepherd paper aggregates step rewards by their
-minimum, which is this reward's default aggregation.
+0.11 and removed in 0.12). vLLM 0.32 (checked on the real server) turns a ``*ForCausalLM``
+under ``--runner pooling`` into an embedding model instead, so there the model is served with
+``--runner pooling --convert classify --hf-overrides '{"classifier_from_token": ["+", "-"],
+"method": "no_post_processing"}' --pooler-config '{"task": "token_classify", "pooling_type":
+"STEP", "step_tag_id": 12902}'`` (same ``[P(+), P(-)]`` rows). The Math-Shepherd paper
+aggregates step rewards by their minimum, which is this reward's default aggregation.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ class ReferenceReward:
 
     @staticmethod
     def _right(problem: Problem, steps: Sequence[Step]) -> int:
-        from particlescale.eval.grading import grade_numeric
+        from particlescale.quick_grading import grade_numeric
 
         answer = extract_answer("\n\n".join(s.text for s in steps))
         g = grade_numeric(problem.answer or "", answer, lenient=True)

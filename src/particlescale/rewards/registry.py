@@ -109,7 +109,7 @@ def _value(arg: str | None, generator: Generator | None) -> RewardModel:
     """``value`` = the head packaged for the generator's model; ``value:PATH`` = a trained one.
     The head's model hash must match the generator's model file."""
     from particlescale.rewards.value import ValueReward, packaged_head
-    from particlescale.value.head import ValueHead, model_sha256
+    from particlescale.rewards.value_head import ValueHead, model_sha256
 
     engine = getattr(generator, "engine", None)
     if engine is None:

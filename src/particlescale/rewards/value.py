@@ -5,7 +5,7 @@ final-layer hidden state at the step's last token, which the embedded llama.cpp 
 records in ``Step.features`` from the decode that generated the step (no second pass). A
 step that ends the solution is scored by the head's final head when it has one
 (``ValueHead.predict_final``). The cost is one small matrix product per step. See
-:mod:`particlescale.value.head`.
+:mod:`particlescale.rewards.value_head`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 
 from particlescale.answers import has_boxed
 from particlescale.errors import ConfigError, ModelError
+from particlescale.rewards.value_head import ValueHead
 from particlescale.types import Problem, Step, Usage
-from particlescale.value.head import ValueHead
 
 PACKAGED_HEADS = {"qwen2.5-0.5b": "value-qwen2.5-0.5b.npz"}
 

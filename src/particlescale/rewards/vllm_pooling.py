@@ -22,7 +22,16 @@ Serving flags by vLLM version: 0.7 - 0.9 ``--task reward`` (Qwen2.5-Math-PRM nee
 its STEP pooler with ``step_tag_id`` 151651 is built in); 0.10 on ``--runner pooling``
 (usually detected automatically). Math-Shepherd needs ``--override-pooler-config`` (0.7 -
 0.11; removed in 0.12) / ``--pooler-config`` (0.11 on) ``'{"pooling_type": "STEP",
-"step_tag_id": 12902, "returned_token_ids": [648, 387]}'``.
+"step_tag_id": 12902, "returned_token_ids": [648, 387]}'``. Checked on a real vLLM 0.32 (CPU
+build; ``tests/test_vllm_real.py``): Qwen2.5-Math-PRM (``Qwen2ForProcessRewardModel``) needs
+nothing beyond the model (pooling runner, STEP pooling and step_tag_id 151651 are its
+defaults); a Math-Shepherd ``*ForCausalLM`` under ``--runner pooling`` is converted to an
+*embedding* model, whose ``/pooling`` answer is one vector per input (the ``returned_token_ids``
+then index hidden dimensions, not the vocabulary), so it is served with ``--convert classify
+--hf-overrides '{"classifier_from_token": ["+", "-"], "method": "no_post_processing"}'
+--pooler-config '{"task": "token_classify", "pooling_type": "STEP", "step_tag_id": 12902}'``
+(the classifier is the LM head's ``+``/``-`` rows, soft-maxed: ``[P(+), P(-)]``). Rows that
+are not ``(step tags, 2)`` are refused with those flags in the message.
 
 Concurrent calls are batched: requests that arrive in the same event-loop tick are sent as
 one ``input`` list (up to ``max_batch`` texts), and a failure is handed to every caller.
@@ -48,22 +57,33 @@ NOT_POOLING_HINT = (
     "`--runner pooling` (vLLM >= 0.10) or `--task reward` (vLLM 0.7 - 0.9){extra}")
 
 
-def rows_of(item: Any, n_tags: int) -> np.ndarray:
+STEP_HINT = (
+    "start the server with STEP pooling at the step tag: --pooler-config '{\"pooling_type\": "
+    "\"STEP\", \"step_tag_id\": <tag id>}' (a *ForCausalLM PRM such as Math-Shepherd on "
+    "recent vLLM (0.32 checked) also needs --convert classify --hf-overrides "
+    "'{\"classifier_from_token\": [\"+\", \"-\"], \"method\": \"no_post_processing\"}' "
+    "and \"task\": \"token_classify\" in --pooler-config; without them vLLM serves it as an "
+    "embedding model)")
+
+
+def rows_of(item: Any, n_tags: int, classes: int = 2) -> np.ndarray:
     """The ``(n_tags, classes)`` probability rows of one ``data[i].data`` value."""
     data = item
     if isinstance(data, str):
         data = np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float64)
     arr = np.asarray(data, dtype=np.float64)
     if arr.ndim == 1:
-        if n_tags == 0 or arr.size % n_tags:
-            raise BackendError(f"/pooling returned {arr.size} numbers for {n_tags} step tags",
-                               kind="protocol")
-        arr = arr.reshape(n_tags, -1)
-    if arr.ndim != 2 or arr.shape[0] != n_tags or arr.shape[1] < 2:
+        if arr.size != n_tags * classes:
+            raise BackendError(
+                f"/pooling returned {arr.size} numbers for {n_tags} step tag(s), expected "
+                f"{n_tags} rows of {classes} class probabilities: the server is not scoring "
+                f"at step tags; {STEP_HINT}", kind="protocol")
+        arr = arr.reshape(n_tags, classes)
+    if arr.ndim != 2 or arr.shape != (n_tags, classes):
         raise BackendError(
-            f"/pooling returned rows of shape {arr.shape} for {n_tags} step tags: the server "
-            "is not using STEP pooling (one row per step tag); start it with --pooler-config "
-            "'{\"pooling_type\": \"STEP\", \"step_tag_id\": <tag id>}'", kind="protocol")
+            f"/pooling returned rows of shape {arr.shape} for {n_tags} step tag(s), expected "
+            f"({n_tags}, {classes}): the server is not using STEP pooling (one row per step "
+            f"tag); {STEP_HINT}", kind="protocol")
     if not np.all(np.isfinite(arr)):
         raise BackendError("/pooling returned non-finite values", kind="protocol")
     is_prob = np.all(arr >= 0) and np.all(arr <= 1) and np.allclose(arr.sum(axis=1), 1, atol=1e-3)

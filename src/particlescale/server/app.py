@@ -1,9 +1,11 @@
 """The FastAPI application: routes, error handlers, middleware.
 
 Routes: ``POST /v1/chat/completions`` and ``GET /v1/models`` (bearer keys when configured),
-``GET /health`` (liveness), ``GET /ready`` (backends reachable; 503 otherwise),
-``GET /metrics`` (Prometheus). Error statuses are listed in
-:mod:`particlescale.server.errors`.
+``GET /health`` (liveness), ``GET /ready`` (backends reachable; 503 otherwise; with keys
+configured, the per-backend details only for a request with a key), ``GET /metrics``
+(Prometheus). Error statuses are listed in :mod:`particlescale.server.errors`; an exception
+no handler expected is a 500 JSON error on a connection that stays open (the traceback goes to
+the log), never a reset.
 
 ``create_app(config)`` builds the configured backends at startup and closes them at shutdown;
 ``create_app(config, backends=...)`` serves objects the caller built (tests, benchmarks, one
@@ -33,10 +35,10 @@ from particlescale.server import responses
 from particlescale.server.auth import BearerAuth, KeyCheck
 from particlescale.server.backends import Backends, build_backends, close_backends, readiness
 from particlescale.server.config import ServerConfig
-from particlescale.server.errors import APIError
+from particlescale.server.errors import APIError, SafeJSONResponse
 from particlescale.server.limits import BodyLimit, RunSlots
 from particlescale.server.metrics import Metrics
-from particlescale.server.runs import ClientGone, Lease, ServerState, run_plain, run_stream
+from particlescale.server.runs import ClientGone, Lease, ServerState, log, run_plain, run_stream
 from particlescale.server.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -78,6 +80,46 @@ class RequestMetrics:
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class CatchAll:
+    """ASGI middleware just outside the routes: an exception that escaped every handler is
+    logged with its traceback and answered as a 500 JSON error, and the connection is kept
+    (Starlette's outermost handler would re-raise it, and the server would drop the
+    connection, failing the client's next request on it too)."""
+
+    def __init__(self, app: ASGIApp, on_error: Any = None) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise  # half a response is out; nothing sensible can follow it
+            log.error("unexpected error on %s %s", scope.get("method"), scope.get("path"),
+                      exc_info=exc)
+            if self.on_error is not None:
+                self.on_error()
+            response = SafeJSONResponse(internal_error(exc).body(), status_code=500)
+            await response(scope, receive, send)
+
+
+def internal_error(exc: BaseException) -> APIError:
+    return APIError(500, f"internal error ({type(exc).__name__}); see the server log",
+                    type="server_error", code="internal_error", kind="internal")
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
@@ -141,7 +183,7 @@ def create_app(config: ServerConfig | None = None, *, backends: Backends | None 
 
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         metrics.errors.labels(exc.kind).inc()
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        return SafeJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = APIError(exc.status_code, str(exc.detail), code=f"http_{exc.status_code}",
@@ -152,14 +194,13 @@ def create_app(config: ServerConfig | None = None, *, backends: Backends | None 
         return await api_error(request, validation_error(exc))
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        return await api_error(request, APIError(
-            500, f"internal error ({type(exc).__name__}); see the server log",
-            type="server_error", code="internal_error", kind="internal"))
+        return await api_error(request, internal_error(exc))
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, internal)
+    app.add_middleware(CatchAll, on_error=lambda: metrics.errors.labels("internal").inc())
     app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes,
                        on_reject=lambda scope: metrics.errors.labels("too_large").inc())
     app.add_middleware(BearerAuth, keys=keys,
@@ -173,11 +214,17 @@ def create_app(config: ServerConfig | None = None, *, backends: Backends | None 
 
     @app.get("/ready", responses={503: {"description": "a backend is unreachable"}})
     async def ready(request: Request) -> JSONResponse:
-        """Readiness: every generator and the reward backend answers."""
+        """Readiness: every generator and the reward backend answers. With API keys
+        configured, per-backend details are shown only to a request with a valid key."""
         checks = await readiness(state(request).backends)
         ok = all(c["ready"] for c in checks.values())
-        return JSONResponse({"status": "ready" if ok else "unavailable", "backends": checks},
-                            status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ready" if ok else "unavailable"}
+        try:
+            keys.check(request.headers.get("authorization"))
+            body["backends"] = checks
+        except APIError:
+            pass  # readiness probes need no key; what is behind the server does
+        return SafeJSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -230,7 +277,7 @@ def create_app(config: ServerConfig | None = None, *, backends: Backends | None 
             return Response(status_code=499)
         finally:
             lease.release()
-        return JSONResponse(responses.completion(result, spec, caps, int(time.time())))
+        return SafeJSONResponse(responses.completion(result, spec, caps, int(time.time())))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

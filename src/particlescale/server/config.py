@@ -6,7 +6,7 @@ A configuration is a TOML or YAML file with the fields of :class:`ServerConfig`;
 laptop with no other service::
 
     # serve.toml
-    reward = "arith*logprob"
+    reward = "arith*logprob" # default: arith*logprob, or arith when a generator is a server
     method = "pf"            # used when a request names no method
     budget = 8               # used when a request names no budget
     api_keys_env = "PARTICLESCALE_API_KEYS"   # comma-separated keys; none = no auth
@@ -18,6 +18,7 @@ laptop with no other service::
     id = "qwen-math-7b"
     spec = "openai:http://gpu-box:8000/v1"
     model = "Qwen/Qwen2.5-Math-7B-Instruct"
+    options = { timeout = 120, retries = 4, template = "qwen" }   # OpenAIGenerator's
 
     [presets.pf-16]          # a model id clients may send: method + budget (+ options)
     method = "pf"
@@ -42,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from particlescale.algorithms import METHODS
 from particlescale.errors import ConfigError
 from particlescale.models import DEFAULT_GENERATOR as DEFAULT_MODEL
-from particlescale.rewards.registry import DEFAULT_REWARD, spec_uses_answer_key
+from particlescale.rewards.checks import default_reward
+from particlescale.rewards.registry import spec_uses_answer_key
 
 DEFAULT_GENERATOR = f"llamacpp:{DEFAULT_MODEL}"
 DEFAULT_PRESET_BUDGETS = (4, 8, 16)
@@ -61,7 +63,9 @@ class GeneratorConfig(_Strict):
                                   "make_generator, e.g. 'llamacpp:qwen2.5-0.5b' or "
                                   "'openai:http://host:8000/v1'.")
     id: str | None = Field(None, description="Model id clients use; default: model, else the "
-                                             "part of spec after the first ':'.")
+                                             "part of spec after the first ':' (for a spec "
+                                             "with a URL: the part before it, e.g. 'openai': "
+                                             "clients never see an upstream address).")
     model: str | None = Field(None, description="Upstream model name (OpenAI-compatible servers).")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream "
                                                       "API key (keys never go in files).")
@@ -74,7 +78,9 @@ class GeneratorConfig(_Strict):
             return self.id
         if self.model:
             return self.model
-        _, _, rest = self.spec.partition(":")
+        prefix, _, rest = self.spec.partition(":")
+        if "://" in rest:
+            return prefix
         return rest or self.spec
 
 
@@ -99,8 +105,10 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     generators: tuple[GeneratorConfig, ...] = Field(
         default_factory=lambda: (GeneratorConfig(),), min_length=1)
-    reward: str = Field(DEFAULT_REWARD, min_length=1,
-                        description="Reward spec for particlescale.rewards.registry.make_reward.")
+    reward: str | None = Field(
+        None, min_length=1, description="Reward spec for particlescale.rewards.registry."
+                                        "make_reward; default: arith*logprob, or arith when a "
+                                        "generator reports no step log-probabilities (servers).")
     method: str = Field("pf", description="Method of requests that name none.")
     budget: int = Field(8, ge=1, description="Budget of requests that name none.")
     options: dict[str, dict[str, Any]] = Field(
@@ -122,7 +130,7 @@ class ServerConfig(_Strict):
         if self.budget > self.limits.max_budget:
             raise ValueError(f"budget: default {self.budget} exceeds limits.max_budget "
                              f"{self.limits.max_budget}")
-        if spec_uses_answer_key(self.reward):
+        if self.reward is not None and spec_uses_answer_key(self.reward):
             raise ValueError(f"reward: {self.reward!r} reads the answer key ('reference' is an "
                              "instrument for studying algorithms on datasets with worked "
                              "solutions); a server answers questions that have none, so it is "
@@ -145,6 +153,10 @@ class ServerConfig(_Strict):
                 raise ValueError(f"options.{method}: unknown method; choose one of "
                                  f"{', '.join(METHODS)}")
         return self
+
+    def reward_spec(self) -> str:
+        """The configured reward, or the default that works with the generators."""
+        return self.reward or default_reward([g.spec for g in self.generators])
 
     def preset_table(self) -> dict[str, Preset]:
         if self.presets is not None:

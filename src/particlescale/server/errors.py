@@ -32,14 +32,39 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import Send
 
+from particlescale.backends.http import redact_url
 from particlescale.errors import BackendError, ConfigError, ParticlescaleError
 
 _URL_ROOT = re.compile(r"https?://[^/\s]+")
+
+
+def public_message(text: str, hide: Iterable[str] = ()) -> str:
+    """``text`` as a client may see it: no URL roots (scheme, credentials, host, port), no
+    query values, and none of the upstream addresses in ``hide`` (``host:port`` or ``host``,
+    each as a whole word)."""
+    text = _URL_ROOT.sub("", redact_url(text))
+    for h in sorted({h for h in hide if h}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.-]){re.escape(h)}(?![\w-]|\.\w)", "<upstream>", text)
+    return text
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON response that cannot fail to encode: UTF-8 when it can, ``\\uXXXX`` escapes
+    when the content holds a lone surrogate (which UTF-8 cannot carry)."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                              separators=(",", ":")).encode("ascii")
 
 
 class APIError(HTTPException):
@@ -78,14 +103,16 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
     return APIError(400, message, param=param, code=code, kind="bad_request")
 
 
-def from_exception(exc: BaseException) -> APIError:
-    """The response for an exception raised while a run was in progress."""
+def from_exception(exc: BaseException, hide: Iterable[str] = ()) -> APIError:
+    """The response for an exception raised while a run was in progress. ``hide``: the
+    upstream addresses (``host:port``, ``host``) that must not reach a client."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, BackendError):
         status = f" (HTTP {exc.status})" if exc.status else ""
-        # Clients see the upstream's path and message but not its address (the log has it).
-        message = f"upstream {exc.kind} error{status}: {_URL_ROOT.sub('', str(exc))}"
+        # Clients see the upstream's path and message but not its address (the log has it,
+        # without credentials).
+        message = f"upstream {exc.kind} error{status}: {public_message(str(exc), hide)}"
         if exc.kind == "timeout":
             return APIError(504, message, type="timeout_error", code="upstream_timeout")
         return APIError(502, message, type="upstream_error", code=f"upstream_{exc.kind}")
@@ -94,9 +121,9 @@ def from_exception(exc: BaseException) -> APIError:
                              "smaller budget or raise the server's limit",
                         type="timeout_error", code="request_timeout")
     if isinstance(exc, ConfigError):
-        return bad_request(str(exc), code="invalid_option")
+        return bad_request(public_message(str(exc), hide), code="invalid_option")
     if isinstance(exc, ParticlescaleError):
-        return APIError(500, str(exc), type="server_error", code=type(exc).__name__,
-                        kind="internal")
+        return APIError(500, public_message(str(exc), hide), type="server_error",
+                        code=type(exc).__name__, kind="internal")
     return APIError(500, f"internal error ({type(exc).__name__}); see the server log",
                     type="server_error", code="internal_error", kind="internal")

@@ -18,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 
 from particlescale.api import asolve
+from particlescale.backends.http import redact_url
 from particlescale.server import responses
-from particlescale.server.backends import Backends
+from particlescale.server.backends import Backends, upstream_addresses
 from particlescale.server.capped import CappedGenerator, CapState
 from particlescale.server.config import ServerConfig
 from particlescale.server.errors import APIError, from_exception
@@ -36,6 +38,23 @@ from particlescale.server.translate import RunSpec
 from particlescale.types import Result
 
 log = logging.getLogger("particlescale.server")
+
+
+class RedactURLs(logging.Filter):
+    """Takes credentials and query values out of every URL in a record (message and
+    traceback) before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_url(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = redact_url(text.rstrip("\n"))
+        return True
+
+
+if not any(isinstance(f, RedactURLs) for f in log.filters):
+    log.addFilter(RedactURLs())
 
 
 class ClientGone(Exception):
@@ -48,6 +67,14 @@ class ServerState:
     backends: Backends
     metrics: Metrics
     slots: RunSlots
+    hide: tuple[str, ...] = field(default=())
+    """Upstream addresses (``host:port``, ``host``) that never reach a client."""
+
+    def __post_init__(self) -> None:
+        if not self.hide:
+            specs = [*self.backends.specs.values(), *(g.spec for g in self.config.generators),
+                     self.config.reward or ""]
+            self.hide = upstream_addresses(specs)
 
 
 class Lease:
@@ -120,7 +147,7 @@ async def run_plain(state: ServerState, spec: RunSpec, request: Request) -> tupl
         raise ClientGone
     exc = run.exception()
     if exc is not None:
-        err = from_exception(exc)
+        err = from_exception(exc, state.hide)
         _log_failure(err, exc)
         raise err from exc
     return run.result()
@@ -146,7 +173,7 @@ async def run_stream(state: ServerState, spec: RunSpec, lease: Lease) -> AsyncIt
         finished = True
         exc = run.exception()
         if exc is not None:
-            err = from_exception(exc)
+            err = from_exception(exc, state.hide)
             _log_failure(err, exc)
             state.metrics.errors.labels(err.kind).inc()
             yield responses.sse(err.body())

@@ -3,7 +3,7 @@ extensions, and the response and stream-chunk shapes (for the OpenAPI schema).
 
 Validation is strict (``"8"`` is not a number, ``1`` is not ``true``) and unknown fields are
 rejected, so that nothing a client sends is silently ignored. The OpenAI sampling fields are
-honoured as follows (see the README's server section):
+honoured as follows (see docs/server.md):
 
 - ``temperature`` (0..2) and ``top_p`` (0 < p <= 1): the LM sampling of every step.
 - ``max_tokens`` / ``max_completion_tokens``: a hard cap on the tokens generated for each

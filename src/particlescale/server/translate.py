@@ -6,6 +6,10 @@ named by ``model`` (``pf-8``, a configured preset, or a generator id), the reque
 ``X-Scaling-*`` headers, then the OpenAI sampling fields (``temperature``, ``top_p``,
 ``max_tokens``). A value given twice with different values (body field and header, or a
 sampling field and the same key in ``options``) is a 400, never a silent choice.
+
+Text is checked first: a string anywhere in the request holding a lone UTF-16 surrogate
+(``"\\ud800"``, valid JSON but no Unicode text) is a 400 naming the field, before it could
+reach a tokenizer, a log line or an upstream request.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from particlescale.types import Problem
 HEADER_BUDGET = "x-scaling-budget"
 HEADER_METHOD = "x-scaling-method"
 HEADER_SEED = "x-scaling-seed"
-_METHOD_BUDGET = re.compile(r"^(?P<method>[a-z-]+?)-(?P<budget>\d+)$")
+_METHOD_BUDGET = re.compile(r"^(?P<method>[a-z-]+?)-(?P<budget>[0-9]+)$")
+_MAX_DIGITS = 18
 
 
 @dataclass
@@ -65,11 +70,57 @@ def resolve_model(config: ServerConfig, model: str | None) -> tuple[str, Preset 
         return default, Preset(method=model, budget=config.budget)
     m = _METHOD_BUDGET.match(model)
     if m and m["method"] in METHODS:
-        return default, Preset(method=m["method"], budget=int(m["budget"]))
+        digits = m["budget"].lstrip("0") or "0"
+        if len(digits) > _MAX_DIGITS:
+            raise _budget_error("model", digits[:_MAX_DIGITS] + "...", config)
+        # Not validated here: a budget given in the body or header overrides the preset's,
+        # and run_spec checks the budget that is used (422, naming 'model' when it is this).
+        return default, Preset.model_construct(method=m["method"], budget=int(digits),
+                                               options={}, generator=None)
     known = ", ".join([*generators, *presets])
     raise APIError(404, f"model: unknown {model!r}; use one of {known} (GET /v1/models), or "
                         f"'<method>-<budget>' such as 'pf-8'",
                    param="model", code="model_not_found", kind="bad_request")
+
+
+def _budget_error(where: str, budget: object, config: ServerConfig) -> APIError:
+    limit = config.limits.max_budget
+    return APIError(422, f"{where}: budget {budget} is out of range; this server accepts "
+                         f"1..{limit} particles (limits.max_budget)",
+                    param=where, code="budget_out_of_range", kind="budget")
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (or key) in ``value`` that is not valid Unicode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _bad_text(k, sub) is not None:
+                return path or "body"
+            found = _bad_text(v, sub)
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _bad_text(v, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
+
+
+def check_text(req: ChatCompletionRequest) -> None:
+    """400 naming the field when a string of the request holds a lone surrogate."""
+    where = _bad_text(req.model_dump(exclude_defaults=True), "")
+    if where is not None:  # (a bad key names the object holding it)
+        raise bad_request(f"{where}: contains a lone UTF-16 surrogate (such as \\ud800), "
+                          "which is not Unicode text; send valid UTF-8 (surrogates only in "
+                          "pairs)", param=where, code="invalid_unicode")
 
 
 def _header(headers: Mapping[str, str], name: str, body_value: Any, field_name: str,
@@ -118,6 +169,7 @@ def problem_from_messages(req: ChatCompletionRequest, request_id: str) -> tuple[
 def run_spec(config: ServerConfig, req: ChatCompletionRequest, headers: Mapping[str, str],
              request_id: str) -> RunSpec:
     """Resolve and validate a request (raises :class:`APIError` with the field at fault)."""
+    check_text(req)
     problem, ignored = problem_from_messages(req, request_id)
     generator, preset = resolve_model(config, req.model)
 
@@ -130,11 +182,9 @@ def run_spec(config: ServerConfig, req: ChatCompletionRequest, headers: Mapping[
     budget, where = _header(headers, HEADER_BUDGET, req.budget, "budget", int)
     if budget is None:
         budget = preset.budget if preset else config.budget
-    limit = config.limits.max_budget
-    if not 1 <= budget <= limit:
-        raise APIError(422, f"{where}: budget {budget} is out of range; this server accepts "
-                            f"1..{limit} particles (limits.max_budget)",
-                       param=where, code="budget_out_of_range", kind="budget")
+        where = "model" if preset else where
+    if not 1 <= budget <= config.limits.max_budget:
+        raise _budget_error(where, budget, config)
 
     seed, where = _header(headers, HEADER_SEED, req.seed, "seed", int)
     if seed is not None and not 0 <= seed < 2**63:

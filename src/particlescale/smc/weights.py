@@ -46,6 +46,12 @@ def normalize(log_weights: ArrayLike) -> NDArray[np.float64]:
     return w / w.sum()
 
 
+def log_normalize(log_weights: ArrayLike) -> NDArray[np.float64]:
+    """Log of the normalised weights (a particle with no mass gets log 1e-300, not -inf, so
+    sums and differences of them stay finite)."""
+    return np.log(np.maximum(normalize(log_weights), 1e-300))
+
+
 def ess(log_weights: ArrayLike) -> float:
     """Effective sample size 1 / sum(w_i^2) of the normalised weights, in [1, N]."""
     w = normalize(log_weights)

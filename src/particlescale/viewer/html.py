@@ -20,7 +20,7 @@ from typing import Any
 
 from particlescale.types import Trace
 from particlescale.viewer.load import load_trace
-from particlescale.viewer.model import trace_view
+from particlescale.viewer.model import ExtraGrader, trace_view
 
 _JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
                  0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -43,18 +43,18 @@ def default_title(traces: Sequence[Trace]) -> str:
 
 
 def render_html(traces: Sequence[Trace], title: str | None = None, *,
-                math_verify: bool = False) -> str:
+                extra: ExtraGrader | None = None) -> str:
     """The HTML page drawing the genealogy of each trace, side by side.
 
-    ``math_verify`` grades answers that are not plainly equal to the gold one with
-    math-verify (worker processes: seconds); by default numeric forms and normalised equality.
+    Answers are graded by numeric forms and normalised equality; ``extra`` (e.g. the
+    harness's math-verify, which the CLI passes for ``--math-verify``) grades the rest.
     """
     traces = list(traces)
     if not traces:
         raise ValueError("traces: pass at least one Trace to draw")
     title = title or default_title(traces)
     data = {"title": title,
-            "traces": [trace_view(t, math_verify=math_verify) for t in traces]}
+            "traces": [trace_view(t, extra=extra) for t in traces]}
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -70,7 +70,7 @@ def render_html(traces: Sequence[Trace], title: str | None = None, *,
 
 def write_view(trace_paths: Sequence[str | Path | Trace] | str | Path,
                out_path: str | Path, title: str | None = None, *,
-               math_verify: bool = False) -> Path:
+               extra: ExtraGrader | None = None) -> Path:
     """Render trace files (or Trace objects) into one HTML file; returns its path.
 
     This is what ``particlescale view`` and the evaluation report call. Bad files raise
@@ -81,5 +81,5 @@ def write_view(trace_paths: Sequence[str | Path | Trace] | str | Path,
     traces = [t if isinstance(t, Trace) else load_trace(t) for t in trace_paths]
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(traces, title, math_verify=math_verify), encoding="utf-8")
+    out.write_text(render_html(traces, title, extra=extra), encoding="utf-8")
     return out

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from particlescale.answers import normalize_answer
+from particlescale.quick_grading import grade_numeric, grade_text
 from particlescale.types import Trace, TraceNode
 
 Verdict = Callable[[str | None], bool | None]
@@ -45,31 +46,27 @@ def lane_of(band: str) -> tuple[str, str | None]:
     return band, None
 
 
-def _quick_rules() -> list[Callable[[str, str], Any]]:
-    """The evaluation harness's process-free graders (numbers, word answers), if installed."""
-    try:
-        from particlescale.eval import grading
-    except ImportError:
-        return []
-    return [f for f in (getattr(grading, "grade_numeric", None),
-                        getattr(grading, "grade_text", None)) if callable(f)]
+ExtraGrader = Callable[[str, list[str]], list[bool]]
+"""``(gold, answers) -> correct?`` for answers the quick rules judged wrong (e.g. math-verify,
+passed in by the CLI: the viewer itself imports no evaluation harness)."""
 
 
 def grade_answers(gold: str | None, answers: Iterable[str | None], *,
-                  math_verify: bool = False) -> tuple[dict[str, bool], str]:
+                  extra: ExtraGrader | None = None,
+                  extra_name: str = "math-verify") -> tuple[dict[str, bool], str]:
     """``answer -> correct?`` for each distinct answer, and the name of the rule used.
 
-    Rules, in order: the harness's numeric and word-answer graders (``025`` = ``25``,
-    ``1,000`` = ``1000``; :mod:`particlescale.eval.grading`), then equality of
-    :func:`~particlescale.answers.normalize_answer` keys. With ``math_verify``, answers still
-    judged wrong go to the harness's math-verify grader (it starts worker processes, seconds).
+    Rules, in order: the process-free numeric and word-answer graders (``025`` = ``25``,
+    ``1,000`` = ``1000``; :mod:`particlescale.quick_grading`), then equality of
+    :func:`~particlescale.answers.normalize_answer` keys. With ``extra``, answers still judged
+    wrong go to it (the CLI's ``--math-verify`` passes the harness's math-verify grader).
     No gold answer gives an empty map and the rule ``"none"``.
     """
     if gold is None or not str(gold).strip():
         return {}, "none"
     gold = str(gold)
     key_gold = normalize_answer(gold)
-    rules = _quick_rules()
+    rules = [grade_numeric, grade_text]
     verdicts: dict[str, bool] = {}
     for a in dict.fromkeys(a for a in answers if a is not None and a.strip()):
         ok = normalize_answer(a) == key_gold
@@ -82,15 +79,12 @@ def grade_answers(gold: str | None, answers: Iterable[str | None], *,
                 ok = bool(grade.correct)
                 break
         verdicts[a] = ok
-    name = "eval.grading" if rules else "normalized-equality"
-    if math_verify:
-        from particlescale.eval.grading import Grader
-
+    name = "quick-grading"
+    if extra is not None:
         todo = [a for a, ok in verdicts.items() if not ok]
-        with Grader(workers=1) as grader:
-            for a, g in zip(todo, grader.grade_many([(gold, a) for a in todo]), strict=True):
-                verdicts[a] = g.correct
-        name += "+math-verify"
+        for a, ok in zip(todo, extra(gold, todo) if todo else [], strict=True):
+            verdicts[a] = bool(ok)
+        name += f"+{extra_name}"
     return verdicts, name
 
 
@@ -123,12 +117,12 @@ def _layout_band(steps: list[tuple[int, list[TraceNode]]]) -> dict[int, tuple[in
     return pos
 
 
-def trace_view(trace: Trace, *, math_verify: bool = False) -> dict[str, Any]:
+def trace_view(trace: Trace, *, extra: ExtraGrader | None = None) -> dict[str, Any]:
     """The JSON-ready view model of one trace (see the module docstring)."""
     gold = trace.problem.get("answer")
     verdicts, rule = grade_answers(
         gold, (n.answer for s in trace.steps for n in s.nodes if n.finished),
-        math_verify=math_verify)
+        extra=extra)
 
     known = rule != "none"
 

@@ -95,6 +95,9 @@ class OpenAIGenerator:
     ``system_prompt``: default for problems without their own (the paper's math prompt).
     ``max_n_per_request``: split a parent's children over several requests of at most this
     many (llama-server caps ``n_cmpl`` at its ``--parallel``).
+    ``timeout`` (seconds per request), ``retries`` and ``retry_timeouts``: the retry policy of
+    :class:`~particlescale.backends.http.HttpEndpoint` (a generation request that timed out is
+    not sent again unless ``retry_timeouts``).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class OpenAIGenerator:
         timeout: float = 120.0,
         retries: int = 4,
         max_n_per_request: int | None = None,
+        retry_timeouts: bool = False,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -136,7 +140,8 @@ class OpenAIGenerator:
         for url in urls:
             root, api = split_base_url(url)
             endpoint = HttpEndpoint(root, api_key=api_key, timeout=timeout, retries=retries,
-                                    max_concurrency=max_concurrency)
+                                    max_concurrency=max_concurrency,
+                                    retry_timeouts=retry_timeouts)
             kind = None if server_kind == "auto" else server_kind
             self.replicas.append(_Replica(endpoint, api[len(root):], kind))  # type: ignore[arg-type]
         self._prefixes: dict[tuple[int, str, str], str] = {}
@@ -182,8 +187,10 @@ class OpenAIGenerator:
                     raise BackendError(f"{replica.endpoint.base_url}{replica.api}/models lists "
                                        f"no model: {str(listing)[:200]}",
                                        kind="protocol") from e
+                if not isinstance(first, dict):
+                    raise wire.malformed("/models", listing, "data[0] is not an object")
                 if self.model is None:
-                    self.model = str(first["id"])
+                    self.model = wire.get_text(first, "id", "/models")
                 if replica.kind is None:
                     replica.kind = wire.kind_from_owner(str(first.get("owned_by", "")))
         assert replica.kind is not None
@@ -206,7 +213,7 @@ class OpenAIGenerator:
         """Token ids of ``text`` on a vLLM server (no special tokens added)."""
         out = await replica.endpoint.post("/tokenize", {
             "model": self.model, "prompt": text, "add_special_tokens": False})
-        return [int(t) for t in out["tokens"]]
+        return wire.get_token_ids(out, "tokens", "/tokenize")
 
     async def end_of_turn(self, replica: _Replica) -> tuple[int, str]:
         """The chat template's end-of-turn token (id, text) on a vLLM server: the token that
@@ -220,7 +227,7 @@ class OpenAIGenerator:
                 out = await replica.endpoint.post("/tokenize", {
                     "model": self.model, "messages": messages, "add_generation_prompt": False,
                     "continue_final_message": cont, "add_special_tokens": False})
-                ids.append([int(t) for t in out["tokens"]])
+                ids.append(wire.get_token_ids(out, "tokens", "/tokenize"))
             closed, open_ = ids
             if len(closed) <= len(open_) or closed[: len(open_)] != open_:
                 raise BackendError("cannot find the chat template's end-of-turn token (the "
@@ -228,7 +235,8 @@ class OpenAIGenerator:
                                    kind="protocol")
             detok = await replica.endpoint.post("/detokenize", {
                 "model": self.model, "tokens": [closed[len(open_)]]})
-            self._end_of_turn[key] = (closed[len(open_)], str(detok["prompt"]))
+            self._end_of_turn[key] = (closed[len(open_)],
+                                      wire.get_text(detok, "prompt", "/detokenize"))
         return self._end_of_turn[key]
 
     async def _render(self, replica: _Replica, kind: wire.ServerKind,
@@ -241,17 +249,29 @@ class OpenAIGenerator:
                     "model": self.model, "messages": messages, "add_generation_prompt": True,
                     "add_special_tokens": False})
                 detok = await replica.endpoint.post("/detokenize", {
-                    "model": self.model, "tokens": tok["tokens"]})
-                return str(detok["prompt"])
+                    "model": self.model, "tokens": wire.get_token_ids(tok, "tokens",
+                                                                      "/tokenize")})
+                return wire.get_text(detok, "prompt", "/detokenize")
             if kind == "llamacpp":
                 out = await replica.endpoint.post("/apply-template", {"messages": messages})
-                return str(out["prompt"])
+                return wire.get_text(out, "prompt", "/apply-template")
             raise ConfigError(f"template: 'server' needs a vLLM or llama.cpp server, this one "
                               f"is {kind!r}; pick template='auto', 'hf', 'qwen' or 'llama3'")
         if self._local_template is None:
             assert self.model is not None
             self._local_template = templates.local_template(self.model, self.template)
         return self._local_template(messages)
+
+
+def _no_route_hint(e: BackendError, route: str) -> BackendError:
+    """A 404 that is not about the model name means the server has no such route: say so (a
+    vLLM started with ``--runner pooling`` serves ``/pooling``, not completions)."""
+    if e.status != 404 or "model" in str(e).lower().replace("/models", ""):
+        return e
+    return BackendError(f"{e}; the server has no {route} route: is it a generation server? "
+                        "(a vLLM started with --runner pooling only serves /pooling; point "
+                        "--generator at the one serving the language model)",
+                        kind=e.kind, status=e.status)
 
 
 @dataclass
@@ -325,8 +345,11 @@ class OpenAISession:
             parsed = wire.parse_llamacpp(await ep.post("/completion", body))
         else:
             body = wire.completion_body(kind, model, self._prompt(parent), n, self.params, seed)
-            parsed = wire.parse_openai(kind, await ep.post(self.replica.api + "/completions",
-                                                           body), chat=False)
+            try:
+                answer = await ep.post(self.replica.api + "/completions", body)
+            except BackendError as e:
+                raise _no_route_hint(e, "/completions") from e
+            parsed = wire.parse_openai(kind, answer, chat=False)
         self.usage.lm_calls += 1
         self.usage.prompt_tokens += parsed.prompt_tokens
         self.usage.generated_tokens += parsed.completion_tokens

@@ -93,10 +93,13 @@ def local_template(model: str, template: str) -> Template:
         if template == "hf":
             raise ConfigError(
                 f"template: 'hf' needs transformers and a loadable tokenizer for {model!r}; "
-                "install particlescale[transformers] or pick template='qwen' or 'llama3'")
+                "install particlescale[transformers] or pick the template 'qwen' or 'llama3' "
+                "(--template qwen on the command line, template='qwen' in Python)")
         t = builtin_for(model)
         if t is not None:
             return t
     raise ConfigError(
-        f"template: cannot tell the chat template of model {model!r}; pass template='qwen' "
-        "(ChatML), 'llama3' or 'hf', or use mode='chat' so the server applies it")
+        f"template: cannot tell the chat template of model {model!r}; name it: --template qwen "
+        "(ChatML), llama3 or hf on the command line, template='qwen' in Python and in the "
+        "server's generator options; or let the server apply it with mode='chat' (Python, "
+        "server generator options)")

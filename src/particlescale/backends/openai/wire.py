@@ -30,10 +30,15 @@ repetition_penalty=1.05, which would silently change the proposal distribution):
 
 Greedy decoding (temperature 0) asks for one completion and copies it: vLLM rejects ``n > 1``
 with greedy sampling, and the copies would be identical anyway.
+
+Answers are checked at this boundary: a field of the wrong type (a text that is no string, a
+token count that is no non-negative integer) is a :class:`BackendError` of kind ``protocol``
+naming the field, never a ``TypeError`` deep inside a run.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,6 +65,61 @@ class Parsed:
     samples: list[Sample]
     prompt_tokens: int
     completion_tokens: int
+
+
+class Malformed(ValueError):
+    """A field of an upstream answer has the wrong type (caught and reported as a
+    :class:`BackendError` of kind ``protocol`` by the parsers)."""
+
+
+def malformed(what: str, body: Any, why: object) -> BackendError:
+    return BackendError(f"malformed {what} answer ({why}): {str(body)[:200]}", kind="protocol")
+
+
+def text_field(value: Any, name: str) -> str:
+    """``value`` if it is a string, else :class:`Malformed` naming ``name``."""
+    if not isinstance(value, str):
+        raise Malformed(f"{name} is {type(value).__name__} {str(value)[:40]!r}, expected a "
+                        "string")
+    return value
+
+
+def count_field(value: Any, name: str) -> int:
+    """A token count: a non-negative integer (an integral float is accepted; None is 0)."""
+    if value is None:
+        return 0
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
+            or value < 0):
+        raise Malformed(f"{name} is {str(value)[:40]!r}, expected a non-negative integer")
+    return int(value)
+
+
+def logprob_field(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise Malformed(f"{name} is {str(value)[:40]!r}, expected a number")
+    return float(value)
+
+
+def get_text(body: Any, key: str, what: str) -> str:
+    """``body[key]`` as a string, else a protocol :class:`BackendError`."""
+    try:
+        return text_field(body[key], key)
+    except (KeyError, TypeError, IndexError, Malformed) as e:
+        raise malformed(what, body, e) from None
+
+
+def get_token_ids(body: Any, key: str, what: str) -> list[int]:
+    """``body[key]`` as a list of token ids, else a protocol :class:`BackendError`."""
+    try:
+        ids = body[key]
+        if not isinstance(ids, list):
+            raise Malformed(f"{key} is {type(ids).__name__}, expected a list of token ids")
+        return [count_field(t, f"{key}[{i}]") for i, t in enumerate(ids)]
+    except (KeyError, TypeError, IndexError, Malformed) as e:
+        raise malformed(what, body, e) from None
 
 
 def kind_from_owner(owned_by: str) -> ServerKind:
@@ -138,9 +198,16 @@ def parse_echo(body: Any, n_prompts: int) -> tuple[list[list[float | None]], int
     generated token; ``None`` for the first prompt token), and the usage's prompt tokens."""
     try:
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-        rows = [list(c["logprobs"]["token_logprobs"]) for c in choices]
-        prompt_tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
-    except (KeyError, TypeError, AttributeError) as e:
+        rows = []
+        for i, c in enumerate(choices):
+            lps = c["logprobs"]["token_logprobs"]
+            if not isinstance(lps, list):
+                raise Malformed(f"choices[{i}].logprobs.token_logprobs is not a list")
+            rows.append([logprob_field(v, f"choices[{i}].logprobs.token_logprobs[{j}]")
+                         for j, v in enumerate(lps)])
+        prompt_tokens = count_field((body.get("usage") or {}).get("prompt_tokens"),
+                                    "usage.prompt_tokens")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise BackendError(f"malformed echo answer, expected logprobs.token_logprobs "
                            f"({type(e).__name__}: {e}): {str(body)[:200]}",
                            kind="protocol") from e
@@ -198,16 +265,26 @@ def _allocate(samples: list[tuple[str, FinishReason, int | None]], total: int) -
 def parse_openai(kind: ServerKind, body: Any, *, chat: bool) -> Parsed:
     """Samples of a ``/v1/completions`` (or chat) answer, in choice-index order."""
     try:
+        if not isinstance(body["choices"], list):
+            raise Malformed("choices is not a list")
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
         usage = body.get("usage") or {}
+        if not isinstance(usage, dict):
+            raise Malformed(f"usage is {type(usage).__name__}, expected an object")
         raw = []
-        for c in choices:
-            text = (c["message"]["content"] or "") if chat else c["text"]
+        for i, c in enumerate(choices):
+            if chat:
+                content = c["message"]["content"]
+                text = "" if content is None else text_field(
+                    content, f"choices[{i}].message.content")
+            else:
+                text = text_field(c["text"], f"choices[{i}].text")
             tokens = len(c["token_ids"]) if isinstance(c.get("token_ids"), list) else None
             raw.append((text, _finish(kind, c, text), tokens))
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-    except (KeyError, TypeError, AttributeError) as e:
+        prompt_tokens = count_field(usage.get("prompt_tokens"), "usage.prompt_tokens")
+        completion_tokens = count_field(usage.get("completion_tokens"),
+                                        "usage.completion_tokens")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise BackendError(f"malformed completion answer ({type(e).__name__}: {e}): "
                            f"{str(body)[:200]}", kind="protocol") from e
     return Parsed(_allocate(raw, completion_tokens), prompt_tokens, completion_tokens)
@@ -231,11 +308,12 @@ def parse_llamacpp(body: Any) -> Parsed:
             if stop_type == "none":
                 raise BackendError(f"llama.cpp completion did not stop ({it})",
                                    kind="protocol")
-            n_gen = int(it.get("tokens_predicted") or 0)
-            samples.append(Sample(it["content"], finish, n_gen))
-            prompt_tokens = max(prompt_tokens, int(it.get("tokens_evaluated") or 0))
+            n_gen = count_field(it.get("tokens_predicted"), "tokens_predicted")
+            samples.append(Sample(text_field(it["content"], "content"), finish, n_gen))
+            prompt_tokens = max(prompt_tokens,
+                                count_field(it.get("tokens_evaluated"), "tokens_evaluated"))
             completion_tokens += n_gen
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise BackendError(f"malformed llama.cpp answer ({e}): {str(body)[:200]}",
                            kind="protocol") from e
     return Parsed(samples, prompt_tokens, completion_tokens)

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from particlescale.algorithms.common import IdSource, extend, is_final, rollout
+from particlescale.algorithms.common import IdSource, complete
 from particlescale.answers import extract_answer
 from particlescale.errors import ConfigError
 from particlescale.protocols import Generator, SamplingParams
+from particlescale.rewards.value_head import ValueHead, fit_head
 from particlescale.types import Particle, Problem, Step, Usage
-from particlescale.value.head import ValueHead, fit_head
 
 
 @dataclass
@@ -134,39 +134,10 @@ class SampleSet:
 
 def is_correct(gold: str, text: str) -> bool:
     """Numeric grading of a GSM8K-style answer (the training sets here are numeric)."""
-    from particlescale.eval.grading import grade_numeric
+    from particlescale.quick_grading import grade_numeric
 
     g = grade_numeric(gold, extract_answer(text), lenient=True)
     return bool(g and g.correct)
-
-
-async def complete(
-    session: Any,
-    parents: Sequence[Particle],
-    k: int,
-    ids: IdSource,
-    max_steps: int,
-    *,
-    barrier: bool = False,
-) -> list[list[Particle]]:
-    """``k`` independent completions of each parent, to the end of the solution.
-
-    With a session that has ``extend_to_end`` (the llama.cpp one) and ``barrier=False``, all
-    of them are sampled in one engine job that never holds the batch at a step end
-    (independent samples need no step barrier); otherwise with ``rollout``, which ends every
-    step of every particle before starting the next.
-    """
-    to_end = getattr(session, "extend_to_end", None)
-    if barrier or to_end is None:
-        first = await extend(session, parents, [k] * len(parents), ids, max_steps)
-        session.release([p for p in first if p.finished])
-        done = await rollout(session, first, ids, max_steps)
-        return [done[i * k:(i + 1) * k] for i in range(len(parents))]
-    runs = await to_end(list(parents), [k] * len(parents), lambda s, n: is_final(s, n, max_steps))
-    out = [[Particle(id=ids(), steps=(*parent.steps, *steps), parent=parent.id, finished=True)
-            for steps in kids] for parent, kids in zip(parents, runs, strict=True)]
-    session.release([p for kids in out for p in kids])
-    return out
 
 
 async def sample_problem(

@@ -1,1 +1,0 @@
-"""Learned process rewards: value heads on the generator's hidden states (issue: value PRM)."""

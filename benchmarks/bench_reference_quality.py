@@ -71,6 +71,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                        "state_values": {"off": 0.4}},
     "reference, mean; off = 0.4": {"state_values": {"off": 0.4}},
     "reference, mean; off = 0.1 (= fail)": {"state_values": {"off": 0.1}},
+    "reference, stated numbers too, mean": {"stated": True},
+    "reference, stated numbers too, last": {"stated": True, "aggregation": "last"},
+    "reference, stated numbers too, evidence": {"stated": True, "aggregation": "evidence"},
     "reference, mean; one-step routes 0.6": {"near": 0.6},
     "reference, min; one-step routes 0.6": {"near": 0.6, "aggregation": "min"},
 }

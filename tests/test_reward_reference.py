@@ -22,6 +22,7 @@ from particlescale.rewards.reference import (
     START,
     STATE_VALUES,
     ReferenceReward,
+    numbers_in,
     one_step_values,
     reference_values,
     step_state,
@@ -85,6 +86,18 @@ def test_one_step_routes_are_near_only_when_asked() -> None:
     assert step_state("48 * 3 = 144, then 144 - 1 = 143", refs, near) == "off"
     r = ReferenceReward(near=0.7)
     assert score(r, NATALIA, [Step("48 * 2 = 96")])[0] == [0.7]
+
+
+def test_stated_numbers_count_only_when_asked() -> None:
+    refs = reference_values(NATALIA.reference or "")
+    given = numbers_in(NATALIA.question)
+    assert given == {Fraction(48)}
+    text = "1. In May she sold 24 clips.\n2. Altogether she sold 48 clips in April."
+    assert step_state(text, refs) == "none"
+    assert step_state(text, refs, given=given) == "hit"  # 24 stated; 48 is given; 1., 2. marks
+    assert step_state("Step 3: she sold 30 clips in May.", refs, given=given) == "off"
+    r = ReferenceReward(stated=True)
+    assert score(r, NATALIA, [Step(text)])[0] == [STATE_VALUES["hit"]]
 
 
 def test_rounded_values_match_where_either_side_was_written_with_decimals() -> None:

@@ -69,6 +69,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reference, evidence (logits add up)": {"aggregation": "evidence"},
     "reference, evidence; off = 0.4": {"aggregation": "evidence",
                                        "state_values": {"off": 0.4}},
+    "reference, evidence; off = fail = 0.05": {"aggregation": "evidence", "state_values": {
+        "off": 0.05, "fail": 0.05, "part": 0.2}},
+    "reference, evidence; hit 0.75, off = fail = 0.1": {"aggregation": "evidence",
+                                                         "state_values": {
+        "hit": 0.75, "off": 0.1, "fail": 0.1, "part": 0.3}},
     "reference, mean; off = 0.4": {"state_values": {"off": 0.4}},
     "reference, mean; off = 0.1 (= fail)": {"state_values": {"off": 0.1}},
     "reference, stated numbers too, mean": {"stated": True},

@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_reference_study import MODEL, TEMPERATURE, load_problems, phase_key, problem_seed
+from bench_reference_study import (
+    MODEL,
+    TEMPERATURE,
+    THREADS_HELP,
+    load_problems,
+    phase_key,
+    problem_seed,
+)
 from bench_value_steps import auc_interval, choose_prefixes, within_interval
 from record import add_record_args, grow_record, read_record
 from report import write_section
@@ -59,15 +66,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reference (mean of computing steps)": {},
     "reference, min": {"aggregation": "min"},
     "reference, last computing step": {"aggregation": "last"},
+    "reference, evidence (logits add up)": {"aggregation": "evidence"},
+    "reference, evidence; off = 0.4": {"aggregation": "evidence",
+                                       "state_values": {"off": 0.4}},
+    "reference, evidence; off = fail = 0.05": {"aggregation": "evidence", "state_values": {
+        "off": 0.05, "fail": 0.05, "part": 0.2}},
+    "reference, evidence; hit 0.75, off = fail = 0.1": {"aggregation": "evidence",
+                                                         "state_values": {
+        "hit": 0.75, "off": 0.1, "fail": 0.1, "part": 0.3}},
     "reference, mean; off = 0.4": {"state_values": {"off": 0.4}},
     "reference, mean; off = 0.1 (= fail)": {"state_values": {"off": 0.1}},
+    "reference, stated numbers too, mean": {"stated": True},
+    "reference, stated numbers too, last": {"stated": True, "aggregation": "last"},
+    "reference, stated numbers too, evidence": {"stated": True, "aggregation": "evidence"},
     "reference, mean; one-step routes 0.6": {"near": 0.6},
     "reference, min; one-step routes 0.6": {"near": 0.6, "aggregation": "min"},
 }
 
 
 def label_key(args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": MODEL, "samples_of": phase_key("samples", args), "solutions":
+    return {"model": args.model, "samples_of": phase_key("samples", args), "solutions":
             args.solutions, "prefixes": args.prefixes, "rollouts": args.rollouts,
             "temperature": TEMPERATURE}
 
@@ -108,7 +126,8 @@ async def label(args: argparse.Namespace, problems: list[Problem],
     print(f"label: {sum(q.id in done for q in todo)} of the {len(todo)} sampled problems "
           "labelled", file=sys.stderr)
     n = args.solutions * args.prefixes * args.rollouts * args.concurrency
-    gen = LlamaCppGenerator(MODEL, n_ctx=65536, n_seq_max=min(256, max(16, n)))
+    gen = LlamaCppGenerator(args.model, n_ctx=65536, n_seq_max=min(256, max(16, n)),
+                            n_threads=args.threads)
     # problems not sampled yet are passed over as if done (nothing is written for them)
     skip = {q.id: {} for q in problems if q.id not in samples and q.id not in done}
     try:
@@ -145,11 +164,12 @@ def prefix_scores(problems: dict[str, Problem], samples: dict[str, dict],
             vals = asyncio.run(r.score(problems[pid], [p.steps for p in ps], Usage()))
             out[name][pid] = [[aggregate(v[: i + 1], agg) for i in range(len(v))] if agg
                               else list(v) for v in vals]
-    out["value head at the step"] = {pid: [s["value"] for s in rec["samples"]]
-                                     for pid, rec in samples.items()}
-    out["value head, min so far"] = {pid: [list(np.minimum.accumulate(s["value"]))
-                                           for s in rec["samples"]]
-                                     for pid, rec in samples.items()}
+    if all(s["value"] for rec in samples.values() for s in rec["samples"]):
+        out["value head at the step"] = {pid: [s["value"] for s in rec["samples"]]
+                                         for pid, rec in samples.items()}
+        out["value head, min so far"] = {pid: [list(np.minimum.accumulate(s["value"]))
+                                               for s in rec["samples"]]
+                                         for pid, rec in samples.items()}
     return out
 
 
@@ -253,14 +273,14 @@ def report(args: argparse.Namespace, problems: dict[str, Problem], samples: dict
     curve, found = calibrate(problems, samples, labels)
     for t, s in found.items():
         tables[f"reference, noise {s:g} (step AUC ≈ {t})"] = noisy_table(problems, samples, s, 0)
-    y, soft, _, g = step_arrays(labels, tables["value head at the step"])
+    y, soft, _, g = step_arrays(labels, next(iter(tables.values())))
     tokens = sum(r["tokens"] for r in labels.values())
     secs = sum(r["seconds"] for r in labels.values())
     n_sol = sum(len(r["samples"]) for r in samples.values())
     lines = [f"Monte-Carlo labels on GSM8K test: {len(labels)} problems of "
              f"`bench_reference_study`'s record (the first {args.solutions} of its stored "
              f"solutions per problem, up to {args.prefixes} random non-final prefixes each, "
-             f"{args.rollouts} rollouts per prefix by `{MODEL}`, T={TEMPERATURE}, as "
+             f"{args.rollouts} rollouts per prefix by `{args.model}`, T={TEMPERATURE}, as "
              f"`value-steps`): {len(y)} labelled prefixes, {y.mean():.0%} good by the hard "
              f"label; {tokens} tokens in {secs:.0f} s. Outcome AUC over the {n_sol} solutions "
              f"of the {len(samples)} sampled problems. Record: "
@@ -292,6 +312,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_record_args(ap, RECORD)
     ap.add_argument("--study", type=Path, default=STUDY, help="the study's record")
+    ap.add_argument("--model", default=MODEL, help="generator (another one: smoke tests only)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--first", type=int, default=60)
     ap.add_argument("--samples", type=int, default=16, help="the study's samples per problem")
     ap.add_argument("--solutions", type=int, default=4, help="solutions labelled per problem")

@@ -68,11 +68,13 @@ RUNS: dict[str, tuple[str, str, int, str, dict[str, Any]]] = {
     "C-pf16-ess": ("C", "pf", 16, "arith*logprob", {"ess_threshold": 0.5}),
 }
 PHASES = ("samples", *RUNS)
+THREADS_HELP = ("llama.cpp threads (default 1: on a shared, oversubscribed 2-core machine two "
+                "threads spin at every decode's barrier and ran 8-10x slower than one)")
 
 
 def base_key(args: argparse.Namespace) -> dict[str, Any]:
     """The settings every phase shares."""
-    return {"model": MODEL, "seed": args.seed, "problems": args.problems,
+    return {"model": args.model, "seed": args.seed, "problems": args.problems,
             "max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens,
             "temperature": TEMPERATURE}
 
@@ -92,7 +94,7 @@ def problem_seed(args: argparse.Namespace, k: int) -> int:
     return args.seed * 100_003 + k
 
 
-async def sample_one(gen: Any, head: Any, q: Problem, k: int, args: argparse.Namespace
+async def sample_one(gen: Any, head: Any | None, q: Problem, k: int, args: argparse.Namespace
                      ) -> dict[str, Any]:
     """``--samples`` independent solutions of problem k, everything a reward needs kept."""
     from particlescale.eval.value_train import label_solutions, sample_problem
@@ -106,7 +108,8 @@ async def sample_one(gen: Any, head: Any, q: Problem, k: int, args: argparse.Nam
     labelled = label_solutions(q, sols)  # the library's answer extraction and grading
     out = []
     for p, rec in zip(sols, labelled.solutions, strict=True):
-        v = head.predict(np.stack([np.asarray(s.features, dtype=np.float64) for s in p.steps]))
+        v = head.predict(np.stack([np.asarray(s.features, dtype=np.float64) for s in p.steps])
+                         ) if head is not None else []
         out.append({"answer": rec["answer"], "correct": int(rec["correct"]),
                     "steps": rec["steps"], "finish": rec["finish"], "tokens": rec["tokens"],
                     "logprob": [round(float(x), 5) if x is not None else None
@@ -168,9 +171,10 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         from particlescale.rewards.value_head import ValueHead
 
         # as bench_value_budget: hidden states on (the value head's score is kept too)
-        gen = LlamaCppGenerator(MODEL, embeddings=True, n_ctx=32768,
-                                n_seq_max=max(16, args.samples * args.concurrency))
-        head = ValueHead.load(packaged_head(MODEL))
+        gen = LlamaCppGenerator(args.model, embeddings=True, n_ctx=32768,
+                                n_seq_max=max(16, args.samples * args.concurrency),
+                                n_threads=args.threads)
+        head = ValueHead.load(packaged_head(MODEL)) if args.model == MODEL else None
 
         def solve(q: Problem, k: int) -> Any:
             return sample_one(gen, head, q, k, args)
@@ -178,7 +182,7 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
         from particlescale.rewards.registry import make_reward
 
         budget = RUNS[phase][2]
-        gen = LlamaCppGenerator(MODEL, n_ctx=32768,
+        gen = LlamaCppGenerator(args.model, n_ctx=32768, n_threads=args.threads,
                                 n_seq_max=max(16, budget * args.concurrency))
         reward = make_reward(RUNS[phase][3], gen)
 
@@ -195,6 +199,8 @@ async def extend(phase: str, args: argparse.Namespace, problems: list[Problem]) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_record_args(ap, RECORD)
+    ap.add_argument("--model", default=MODEL, help="generator (another one: smoke tests only)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--first", type=int, default=60,
                     help="how many of the selection's problems, in order")
     ap.add_argument("--samples", type=int, default=16, help="independent solutions per problem")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reference_study import MODEL, NOISE_B, RUNS, TEMPERATURE, phase_key
+from bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
 from record import read_record
 from report import write_section
 
@@ -147,19 +147,32 @@ def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
                      + " | " + ", ".join(f"{c.mean(c.tokens):.0f}@{c.budget}" for c in cs if c)
                      + " |")
         curves[m] = [(c.budget, c.accuracy) for c in cs if c]
-    for m in runs:
+    shown = {"independent samples": base[0]} if base else {}
+    shown.update({m: m for m in runs if ";" not in m})
+    lines += ["", "pass@N (some solution or final particle correct): " + "; ".join(
+        f"{name}: " + ", ".join(f"{100 * c.mean(c.oracle):.0f}%@{c.budget}"
+                                for c in (cells.get((m, b)) for b in BUDGETS) if c)
+        for name, m in shown.items()) + "."]
+    for m in (x for x in runs if ";" not in x):  # selector variants: in the table only
         for (_, b), got in ((k, v) for k, v in by.items() if k[0] == m):
             pids = sorted(got)
             if not pids or not base:
                 continue
-            best = max(base, key=lambda x: np.mean([by[(x, b)].get(p, 0) for p in pids]))
+
+            def acc(x: str, at: int, pids: list[str] = pids) -> float:
+                return float(np.mean([by[(x, at)].get(p, False) for p in pids]))
+
+            best = max(base, key=lambda x, b=b: acc(x, b))
             a = np.array([got[p] for p in pids])
             z = np.array([by[(best, b)].get(p, False) for p in pids])
-            mult = "; ".join(f"{x}: {budget_multiplier([(b, a.mean())], curves[x])[b]}"
+            # the baselines' curves on the same problems as this run
+            curve = {x: [(c, acc(x, c)) for c in BUDGETS if (x, c) in by] for x in base}
+            mult = "; ".join(f"{x}: {budget_multiplier([(b, a.mean())], curve[x])[b]}"
                              for x in base)
-            lines += ["", f"{m}@{b} (n={len(pids)}): minus the best baseline at N={b} "
-                      f"({best}) {paired(a, z, rng)} (95% paired bootstrap over problems); "
-                      f"budget multiplier (baseline budget needed to match): {mult}."]
+            lines += ["", f"**{m}@{b}** (n={len(pids)}): {a.mean():.1%}; minus the best "
+                      f"baseline at N={b} ({best}, {z.mean():.1%}): {paired(a, z, rng)} (95% "
+                      f"paired bootstrap over problems). Budget multiplier (the budget each "
+                      f"baseline needs to match it, on these problems): {mult}."]
     return lines, curves
 
 
@@ -212,7 +225,7 @@ def samples_summary(samples: dict[str, dict], args: argparse.Namespace) -> list[
                 same += (a["tokens"] == sum(b["tokens"]) and a["steps"] == len(b["steps"])
                          and a["answer"] == b["answer"])
     n = len(samples)
-    return [f"Sampling: {n} problems × {args.samples} solutions by `{MODEL}`; {tokens} "
+    return [f"Sampling: {n} problems × {args.samples} solutions by `{args.model}`; {tokens} "
             f"generated tokens in {secs:.0f} s of problem time ({tokens / max(secs, 1e-9):.1f} "
             f"tokens/s per problem in flight, {args.concurrency} at once). One sample "
             f"{one:.1%}; oracle pass@{args.samples} {cell_text(oracle, n)}. Same solution as "

@@ -9,6 +9,8 @@ import json
 import re
 from collections.abc import Sequence
 
+import pytest
+
 from engines import need
 from particlescale import asolve
 from particlescale.eval.datasets import Selection, load_dataset
@@ -64,6 +66,7 @@ def test_no_request_to_a_served_generator_contains_the_worked_solution() -> None
         assert not [x for t in traces for x in leaks(t, p)]  # nor the result or its trace
 
 
+@pytest.mark.model
 def test_no_text_the_embedded_engine_reads_contains_the_worked_solution() -> None:
     need("smollm2-135m")
     from particlescale.backends.llamacpp import LlamaCppGenerator, LlamaEngine
@@ -82,12 +85,12 @@ def test_no_text_the_embedded_engine_reads_contains_the_worked_solution() -> Non
             return super().tokenize(text, **kw)
 
     (p,) = problems(1)
-    engine = RecordingEngine("smollm2-135m", n_ctx=4096, n_seq_max=8)
+    engine = RecordingEngine("smollm2-135m", n_ctx=2048, n_seq_max=4)
     engine.seen = []
     gen = LlamaCppGenerator(engine)
     try:
         res = asyncio.run(asolve(p, generator=gen, reward=make_reward("reference"), method="pf",
-                                 budget=2, seed=0, max_steps=3, max_step_tokens=48))
+                                 budget=2, seed=0, max_steps=2, max_step_tokens=24))
     finally:
         engine.close()
     assert res.candidates

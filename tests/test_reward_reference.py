@@ -22,6 +22,7 @@ from particlescale.rewards.reference import (
     START,
     STATE_VALUES,
     ReferenceReward,
+    numbers_in,
     one_step_values,
     reference_values,
     step_state,
@@ -87,6 +88,18 @@ def test_one_step_routes_are_near_only_when_asked() -> None:
     assert score(r, NATALIA, [Step("48 * 2 = 96")])[0] == [0.7]
 
 
+def test_stated_numbers_count_only_when_asked() -> None:
+    refs = reference_values(NATALIA.reference or "")
+    given = numbers_in(NATALIA.question)
+    assert given == {Fraction(48)}
+    text = "1. In May she sold 24 clips.\n2. Altogether she sold 48 clips in April."
+    assert step_state(text, refs) == "none"
+    assert step_state(text, refs, given=given) == "hit"  # 24 stated; 48 is given; 1., 2. marks
+    assert step_state("Step 3: she sold 30 clips in May.", refs, given=given) == "off"
+    r = ReferenceReward(stated=True)
+    assert score(r, NATALIA, [Step(text)])[0] == [STATE_VALUES["hit"]]
+
+
 def test_rounded_values_match_where_either_side_was_written_with_decimals() -> None:
     refs = reference_values("x <<10/3=3.33>>3.33\n#### 3.33")
     assert step_state("10/3 = 3.333", refs) == "hit"
@@ -110,6 +123,12 @@ def test_scores_mean_of_computing_steps_none_keeps_and_finish_by_the_gold_answer
     assert rows[2][-1] == pytest.approx(hit)  # computes nothing: keeps the previous score
     assert score(ReferenceReward(aggregation="min"), NATALIA, steps)[0][-1] == fail
     assert score(ReferenceReward(aggregation="last"), NATALIA, steps[:4])[0][-1] == off
+    evidence = score(ReferenceReward(aggregation="evidence"), NATALIA, steps[:4])[0]
+    logit = math.log(hit / (1 - hit))
+    assert evidence[1] == pytest.approx(hit)
+    assert evidence[3] == pytest.approx(1 / (1 + math.exp(-(logit + math.log(off / (1 - off))))))
+    with pytest.raises(ConfigError, match="aggregation must be one of"):
+        ReferenceReward(aggregation="median")
 
 
 def test_noise_is_one_score_per_prefix_in_any_batch_order_or_instance() -> None:

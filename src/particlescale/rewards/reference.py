@@ -37,6 +37,7 @@ import math
 import re
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -51,12 +52,15 @@ FINAL_VALUES = (0.02, 0.98)
 """Score of a finished prefix whose answer is wrong, right."""
 START = 0.5
 """Score of a prefix that has computed nothing yet."""
-PREFIX_AGGREGATIONS = ("mean", "min", "last")
+PREFIX_AGGREGATIONS = ("mean", "min", "last", "evidence")
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 # Units and labels written in LaTeX text between operands ("60 \\text{ m} \\times 3"): arith
 # breaks a chain at them, so they are dropped before its extraction (here only).
 _UNITS = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}")
+_WRITTEN = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
+# "1. ", "2) " at a line start, "Step 3": numbering, not quantities
+_MARKERS = re.compile(r"(?m)^\s*(?:#+\s*)?(?:\*\*)?\d+[.)]\s|\b[Ss]tep\s+\d+")
 # A code block's printed output states what the code computed.
 _OUTPUT = re.compile(r"```output\s*\n(.*?)(?:\n```|$)", re.S)
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
@@ -102,15 +106,36 @@ def _matches(value: Fraction, unit: Fraction | None,
     return False
 
 
-def step_results(text: str) -> tuple[list[tuple[tuple[Fraction, ...], Fraction | None]], bool]:
+def numbers_in(text: str) -> set[Fraction]:
+    """The numbers written in ``text`` (a question's given quantities)."""
+    out = set()
+    for tok in _WRITTEN.findall(text):
+        got = _number(tok)
+        if got is not None:
+            out.add(got[0])
+    return out
+
+
+def step_results(text: str, given: set[Fraction] | None = None
+                 ) -> tuple[list[tuple[tuple[Fraction, ...], Fraction | None]], bool]:
     """The quantities a step computes (the readings of each, with the unit it was written
-    to) and whether all of its arithmetic holds."""
+    to) and whether all of its arithmetic holds. With ``given`` (the question's numbers),
+    every other number the step writes counts too, as a stated result ("so she has 72
+    clips"), list markers and step numbers aside."""
     eqs = equations(_UNITS.sub(" ", text))
     found = [(e.result, e.result_unit) for e in eqs]
     for block in _OUTPUT.findall(text):
         for tok in block.split():
             got = _number(tok)
             if got is not None:
+                found.append(((got[0],), got[1]))
+    if given is not None:
+        bare = _MARKERS.sub(" ", _UNITS.sub(" ", text))
+        seen = {v for values, _ in found for v in values}
+        for tok in _WRITTEN.findall(bare):
+            got = _number(tok)
+            if got is not None and got[0] not in given and got[0] not in seen:
+                seen.add(got[0])
                 found.append(((got[0],), got[1]))
     return found, all(e.holds for e in eqs)
 
@@ -137,11 +162,12 @@ def one_step_values(question: str, refs: Sequence[tuple[Fraction, Fraction | Non
 
 
 def step_state(text: str, refs: Sequence[tuple[Fraction, Fraction | None]],
-               near: Sequence[tuple[Fraction, Fraction | None]] = ()) -> str:
+               near: Sequence[tuple[Fraction, Fraction | None]] = (),
+               given: set[Fraction] | None = None) -> str:
     """``fail``, ``hit``, ``part``, ``off`` or ``none`` (see the module docstring); with
     ``near`` values, ``near`` for a step whose quantities are all reference values or near
     ones, some of them near."""
-    found, holds = step_results(text)
+    found, holds = step_results(text, given)
     if not found:
         return "none"
     if not holds:
@@ -179,7 +205,7 @@ class ReferenceReward:
     def __init__(self, *, noise: float = 0.0, seed: int = 0, aggregation: str = "mean",
                  state_values: dict[str, float] | None = None,
                  final_values: tuple[float, float] = FINAL_VALUES,
-                 near: float | None = None) -> None:
+                 near: float | None = None, stated: bool = False) -> None:
         if isinstance(noise, bool) or not isinstance(noise, int | float) or \
                 not math.isfinite(noise) or noise < 0:
             raise ConfigError(f"reference: noise must be a number >= 0 (the scale of the "
@@ -203,12 +229,13 @@ class ReferenceReward:
         if noise:
             self.name = f"reference:noise={self.noise:g}" + (f",seed={seed}" if seed else "")
         self.near = near is not None
+        self.stated = stated
         self._refs: dict[tuple[str, str], tuple[list[tuple[Fraction, Fraction | None]],
-                                                list[tuple[Fraction, Fraction | None]]]] = {}
+                                                list[tuple[Fraction, Fraction | None]],
+                                                set[Fraction] | None]] = {}
         self._states: dict[tuple[str, str], str] = {}
 
-    def _references(self, problem: Problem) -> tuple[list[tuple[Fraction, Fraction | None]],
-                                                     list[tuple[Fraction, Fraction | None]]]:
+    def _references(self, problem: Problem) -> tuple[Any, ...]:
         if not problem.reference:
             raise ConfigError(
                 f"reward 'reference': problem {problem.id!r} has no worked solution "
@@ -218,11 +245,11 @@ class ReferenceReward:
         if key not in self._refs:
             refs = reference_values(problem.reference)
             near = one_step_values(problem.question, refs) if self.near else []
-            self._refs[key] = (refs, near)
+            self._refs[key] = (refs, near, numbers_in(problem.question) if self.stated
+                               else None)
         return self._refs[key]
 
-    def _state(self, problem_id: str, text: str, refs: tuple[Sequence[tuple[Fraction,
-               Fraction | None]], Sequence[tuple[Fraction, Fraction | None]]]) -> str:
+    def _state(self, problem_id: str, text: str, refs: tuple[Any, ...]) -> str:
         key = (problem_id, text)
         if key not in self._states:
             if len(self._states) > 100_000:
@@ -244,6 +271,8 @@ class ReferenceReward:
                 score = sum(seen) / len(seen)
             elif self.aggregation == "min":
                 score = min(seen)
+            elif self.aggregation == "evidence":  # independent evidence: logits add up
+                score = 1 / (1 + math.exp(-sum(_logit(v) for v in seen)))
             else:
                 score = seen[-1]
             if i == len(steps) - 1 and (step.finish == "eos" or has_boxed(step.text)):

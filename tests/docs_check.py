@@ -30,7 +30,7 @@ TEST_MODEL = "smollm2-135m"
 SUBSTITUTIONS = {"qwen2.5-0.5b": TEST_MODEL}
 CAPS = {"max_steps": 2, "max_step_tokens": 16}  # per run: the calls are checked, not answers
 # Files a page may link to before they exist, and who writes them.
-PENDING = {"benchmarks/results/scaling.png": "drawn by benchmarks/bench_reference_study.py"}
+PENDING: dict[str, str] = {}
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip:\s*(.+?)\s*-->")
 
 

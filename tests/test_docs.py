@@ -20,8 +20,9 @@ checked, not their answers):
   ``make_config`` is wrapped, so ``solve``, ``asolve`` and ``eval`` runs are all capped). A
   page that then loads a model is marked ``model``.
 - ``http://host:8000/v1`` and ``http://host:8001`` (a vLLM generator and a vLLM PRM) become
-  the repository's fake vLLM (``tests/fakes``), over real HTTP; ``http://127.0.0.1:8000`` (a
-  ``particlescale serve``) becomes a real ``particlescale serve`` process in front of it.
+  the repository's fake vLLM (``particlescale.testing.fake_vllm``), over real HTTP;
+  ``http://127.0.0.1:8000`` (a ``particlescale serve``) becomes a real ``particlescale serve``
+  process in front of it.
 - A trace file that a page's python reads and its ``solve --trace FILE`` line writes is
   written first by that line's method, budget and seed, against the fake vLLM.
 
@@ -70,7 +71,7 @@ FAKE_LM_MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 
 @pytest.fixture(scope="module")
 def fake_lm() -> Iterator[Any]:
-    from fakes.vllm_server import FakeVLLM
+    from particlescale.testing.fake_vllm import FakeVLLM
 
     with FakeVLLM(model=FAKE_LM_MODEL) as fake:
         yield fake
@@ -78,7 +79,7 @@ def fake_lm() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def fake_prm() -> Iterator[Any]:
-    from fakes.vllm_server import FakeVLLM
+    from particlescale.testing.fake_vllm import FakeVLLM
 
     with FakeVLLM(runner="pooling", model="Qwen/Qwen2.5-Math-PRM-7B") as fake:
         yield fake

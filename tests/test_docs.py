@@ -4,7 +4,8 @@
   A block written as a doctest (``>>>`` lines) has its output checked too (ELLIPSIS on).
 - Every ```bash line running ``particlescale`` is parsed by the real CLI (the command exists,
   it accepts every flag and value; nothing runs) and every flag it uses is in that command's
-  ``--help``; ``python benchmarks/X.py`` names a script whose ``--help`` lists its flags;
+  ``--help``; ``python -m benchmarks.X`` names a benchmark module whose ``--help`` lists its
+  flags (a ``python benchmarks/X.py`` line is refused: benchmarks are a package);
   ``make X`` names a Makefile target.
 - Every ```toml block loads as a ``particlescale serve --config`` file.
 - Every relative link and image points to a file that exists, and every ``#anchor`` to one of
@@ -217,6 +218,11 @@ MUTANTS = [
     ("docs/value-heads.md", "--pf-budgets 8 --pf-problems", "--pf-budget 8 --pf-problems", "bash",
      "--pf-budget is not in"),
     ("docs/development.md", "make bench ", "make benchmarks ", "bash", "target 'benchmarks'"),
+    ("docs/value-heads.md", "python -m benchmarks.value.bench_value_budget --minutes",
+     "python benchmarks/value/bench_value_budget.py --minutes", "bash", "run as modules"),
+    ("docs/value-heads.md", "benchmarks.value.bench_value_steps --minutes",
+     "benchmarks.bench_value_steps --minutes", "bash",
+     "no benchmark module benchmarks.bench_value_steps"),
     ("docs/server.md", "max_budget = 64", "max_budjet = 64", "toml", "max_budjet"),
     ("README.md", "methods.md#what-each-method-samples", "methods.md#what-each-method-sample",
      "links", "no heading #what-each-method-sample"),

@@ -20,7 +20,7 @@ outcome AUC over all of the study's solutions (their final score against their
 correctness); the noise calibration (within-problem step AUC, mean over noise seeds, on a
 grid of S, read off at 0.85 / 0.75 / 0.65).
 
-Usage: python benchmarks/bench_reference_quality.py [--phase label --minutes M]
+Usage: python -m benchmarks.bench_reference_quality [--phase label --minutes M]
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_reference_study import (
+from benchmarks.bench_reference_study import (
     MODEL,
     TEMPERATURE,
     THREADS_HELP,
@@ -45,15 +44,14 @@ from bench_reference_study import (
     phase_key,
     problem_seed,
 )
-from bench_value_steps import auc_interval, choose_prefixes, within_interval
-from record import add_record_args, grow_record, read_record
-from report import write_section
-from study_report import particles
-
+from benchmarks.common import auc_interval, within_interval, write_section
+from benchmarks.record import add_record_args, grow_record, read_record
+from benchmarks.study_report import particles
+from benchmarks.value.bench_value_steps import choose_prefixes
 from particlescale.algorithms.common import IdSource
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.reference import ReferenceReward
-from particlescale.rewards.value_head import auc, per_problem_aucs
+from particlescale.stats import auc, per_problem_aucs
 from particlescale.types import Particle, Problem, Usage
 
 RECORD = Path(__file__).parent / "results" / "reference-quality-gsm8k.jsonl"

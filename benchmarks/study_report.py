@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
-from record import read_record
-from report import write_section
 
+from benchmarks.bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
+from benchmarks.common import write_section
+from benchmarks.record import read_record
 from particlescale.algorithms.common import aggregation_for, candidates_from
 from particlescale.algorithms.selection import select_answer
-from particlescale.eval.report import budget_multiplier, cells_from_rows, wilson
+from particlescale.eval.report import budget_multiplier, cells_from_rows
 from particlescale.rewards.registry import make_reward
+from particlescale.stats import paired_bootstrap, wilson
 from particlescale.types import Particle, Problem, Step, Usage
 
 BUDGETS = (1, 2, 4, 8, 16)
@@ -130,10 +131,8 @@ def cell_text(k: int, n: int) -> str:
 
 def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> str:
     """Mean of ``a - b`` (per problem, 0/1) with a 95% paired bootstrap interval."""
-    d = a.astype(float) - b.astype(float)
-    boot = d[rng.integers(0, len(d), (4000, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return f"{100 * d.mean():+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    d, lo, hi = paired_bootstrap(a, b, rng, draws=4000)
+    return f"{100 * d:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator

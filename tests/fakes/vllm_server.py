@@ -21,6 +21,16 @@ so the client code under test is the code users run against the real thing:
   decoded_token}}`` per prompt token); ``return_tokens_as_token_ids`` writes tokens as
   ``token_id:N``; more than ``max_logprobs`` is rejected with vLLM's message. The fake
   model's log-probability of a token is ``token_logprob(text before it, token)``.
+- ``stream: true`` on ``/v1/completions`` (one prompt, ``n=1``) as vLLM's
+  ``completion_stream_generator`` writes it: server-sent events ``data: {...}\n\n`` sent one
+  by one (a client that closes the connection stops the rest), one per token, each choice
+  with ``finish_reason`` and ``stop_reason`` (``null`` until the last token's event, which
+  carries them with its text) and ``"usage": null``; then, when
+  ``stream_options.include_usage``, an event with ``"choices": []`` and the usage; then
+  ``data: [DONE]``. With ``strict_openai`` the finish comes in an extra event with empty
+  text and without ``stop_reason``, as the OpenAI API writes it.
+- ``owned_by="me"`` also serves ``POST /extras/tokenize`` (``{"input"}`` -> ``{"tokens"}``)
+  and ``/extras/tokenize/count``, as ``python -m llama_cpp.server`` does.
 - ``POST /v1/chat/completions``: ChatML rendering with ``add_generation_prompt`` /
   ``continue_final_message`` (both true is rejected), ``logprobs``/``top_logprobs``.
 - ``POST /tokenize``, ``/detokenize``: a reversible fake tokenizer (Qwen's special-token ids).
@@ -70,7 +80,7 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 INT64 = 2**63
@@ -284,6 +294,9 @@ class FakeVLLM:
                     "/v1/chat/completions": self._chat}
         if not self.strict_openai:
             handlers.update({"/tokenize": self._tokenize, "/detokenize": self._detokenize})
+            if self.owned_by == "me":
+                handlers.update({"/extras/tokenize": self._extras_tokenize,
+                                 "/extras/tokenize/count": self._extras_count})
             if self.runner == "pooling":
                 handlers = {"/pooling": self._pooling, "/tokenize": self._tokenize,
                             "/detokenize": self._detokenize}
@@ -505,11 +518,11 @@ class FakeVLLM:
             return self._error(400, "At least one of `prompt` or `prompt_embeds` must be set.")
         if err := self._check_model(body):
             return err
-        if body.get("stream"):
-            return self._error(400, "fake server: stream=true is not emulated")
         p, err = self._sampling(body)
         if err:
             return err
+        if body.get("stream"):
+            return await self._stream(body, p)
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         if not all(isinstance(x, str) for x in prompts):
             return self._error(400, "fake server: token-id prompts are not emulated")
@@ -556,6 +569,52 @@ class FakeVLLM:
             out.update({"service_tier": None, "system_fingerprint": None,
                         "kv_transfer_params": None})
         return out
+
+    async def _stream(self, body: dict[str, Any], p: dict[str, Any]) -> Response:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str) or p["n"] != 1:
+            return self._error(400, "fake server: streams are emulated for one string prompt "
+                               "and n=1")
+        n_prompt = len(tokenize(prompt))
+        if err := self._context_error(n_prompt, p["max_tokens"]):
+            return err
+        text, finish, stop_reason, n_gen = self._generate(prompt, p, body, 0)
+        await self._cost(n_prompt, [n_gen])
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": self.model}
+
+        def event(text: str, finish: str | None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None,
+                                      "finish_reason": finish}
+            if not self.strict_openai:
+                choice["stop_reason"] = stop_reason if finish is not None else None
+            return b"data: " + json.dumps({**head, "choices": [choice], "usage": None}
+                                          ).encode() + b"\n\n"
+
+        pieces = tokenize(text)
+        if self.strict_openai or not pieces:
+            out = [event(piece, None) for piece in pieces] + [event("", finish)]
+        else:  # vLLM: the last token's event carries the finish
+            out = [event(piece, None) for piece in pieces[:-1]] + [event(pieces[-1], finish)]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
+                     "total_tokens": n_prompt + n_gen}
+            out.append(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode()
+                       + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+
+        async def chunks():
+            for chunk in out:
+                yield chunk
+                await asyncio.sleep(0)  # one event at a time, as tokens are decoded
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    async def _extras_tokenize(self, body: dict[str, Any]) -> Any:
+        return {"tokens": self.vocab.encode(str(body.get("input", "")))}
+
+    async def _extras_count(self, body: dict[str, Any]) -> Any:
+        return {"count": len(self.vocab.encode(str(body.get("input", ""))))}
 
     def _scored(self, text: str) -> list[tuple[str, float | None]]:
         """(piece, log p(piece | text before it)) for each token of ``text``; None first."""
@@ -782,8 +841,16 @@ class _FaultLayer:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
 
+        replayed = False
+
         async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": raw, "more_body": False}
+            # the body once, then the connection's own messages (a streaming response
+            # listens for the client's http.disconnect)
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
 
         async def tap(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -51,10 +51,12 @@ runpy.run_module("llama_cpp.server", run_name="__main__")
 """
 
 
-def llama_cpp_python_server(model: str = "smollm2-135m", *, n_threads: int = 2,
+def llama_cpp_python_server(model: str = "smollm2-135m", *, n_threads: int = 1,
                             nice: int = 0) -> Iterator[str]:
     """``yield from`` this in a fixture: ``python -m llama_cpp.server`` serving ``model`` on
-    127.0.0.1; yields its ``/v1`` URL and stops it afterwards."""
+    127.0.0.1; yields its ``/v1`` URL and stops it afterwards. One thread by default:
+    llama.cpp's threads spin while they wait for each other, which on a busy 2-core machine
+    costs more than a second thread gains (the embedded engine: 75 s with 2, 15 s with 1)."""
     pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
     from particlescale import models
 

@@ -20,6 +20,7 @@ from engines import llama_cpp_python_server
 from particlescale import Problem, asolve, solve
 from particlescale.backends.http import HttpEndpoint, server_message
 from particlescale.backends.openai import OpenAIGenerator, templates, wire
+from particlescale.backends.openai import boundary as boundaries
 from particlescale.backends.registry import make_generator
 from particlescale.errors import BackendError, ConfigError
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
@@ -541,6 +542,10 @@ def test_solve_end_to_end_with_pf_and_a_served_prm():
         assert u.prompt_tokens > 0 and u.generated_tokens > 0 and u.prm_tokens > 0
         generated = sum(b["n"] for b in completion_bodies(lm))
         assert u.lm_calls < generated  # children of one parent share a request
+        # the fake tokeniser reads a trailing "\n\n" as inside a text: stop is exact
+        assert result.info["step_boundary"]["mode"] == "stop"
+        assert result.info["step_boundary"]["exact"] is True
+        assert len(lm.bodies("/tokenize")) >= len(boundaries.probe_texts("\n\n"))
         again = solve(QUESTION, generator=gen, reward=VllmPRM(prm.url), method="pf",
                       budget=8, seed=0)  # a second event loop, the same generator
         assert again.text == result.text
@@ -570,7 +575,8 @@ def test_llama_cpp_python_server_end_to_end(llama_cpp_server, method):
     # owned_by "me": its own sampling extras are sent, and steps are read from streams (one
     # per child) with the boundary its tokeniser needs (tests/test_stepwise_is_the_lm.py)
     assert gen.replicas[0].kind == "llama-cpp-python"
-    assert set(gen._boundaries.values()) == {"regenerate"}
+    assert result.info["step_boundary"]["mode"] == "regenerate"
+    assert result.info["step_boundary"]["exact"] is True
     assert result.candidates and all(c.text for c in result.candidates)
     u = result.usage
     assert u.lm_calls >= 2 and u.prompt_tokens > 0 and u.generated_tokens > 0

@@ -52,8 +52,8 @@ MODEL = "smollm2-135m"
 PROBLEM = Problem("Q: What is 1 + 1?\n\nStep: 1 + 1 = 2.\n\nAnswer: 2\n\nQ: What is 2 + 3?",
                   system_prompt="You are a helpful assistant.")
 DELIM = "\n\n"
-N = 64  # solutions per sample: the mutants' p-values are ~1e-9 here (docs/remote.md)
-C = 32  # a step longer than this (bytes) is "long": nothing after it is compared
+N = 48  # solutions per sample: the mutants' p-values are ~1e-8 here (docs/remote.md)
+C = 24  # a step longer than this (bytes) is "long": nothing after it is compared
 K = C + 4  # token cap per step (> C: a capped step is long)
 SEED = 2024
 ALPHA = 1e-3  # per statistic; three statistics per comparison (mutants must go below it)
@@ -247,7 +247,8 @@ def timed(label: str, coro):
 def embedded():
     from particlescale.backends.llamacpp import LlamaCppGenerator
 
-    for engine in engine_for(MODEL, n_ctx=8192, n_seq_max=64):
+    # one thread: llama.cpp's threads spin while they wait, which a busy machine punishes
+    for engine in engine_for(MODEL, n_ctx=8192, n_seq_max=64, n_threads=1):
         yield LlamaCppGenerator(engine)
 
 

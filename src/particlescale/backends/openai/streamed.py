@@ -65,7 +65,9 @@ async def read_step(events: AsyncIterator[Any], delimiter: str, cap: int, *,
     belongs to the previous step; the step's own text starts after it. Returns as soon as the
     step has ended (delimiter found, ``cap`` pieces, or the server's ``finish_reason``); the
     caller closes the stream. A stream that ends without a ``finish_reason`` was cut off
-    (llama_cpp.server interrupts a stream when another request waits): ``BackendError``.
+    (llama_cpp.server interrupts a stream when another request waits): :class:`Interrupted`.
+    A step's last event may carry both text and the finish (vLLM's do): a delimiter in that
+    text still ends the step as a ``step``.
     """
     text = StepText(delimiter)
     want = head.encode("utf-8") if head else b""

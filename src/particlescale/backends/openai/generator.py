@@ -49,13 +49,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from particlescale.backends.http import HttpEndpoint, split_base_url
+from particlescale.backends.http import HttpEndpoint, gather_or_cancel, split_base_url
 from particlescale.backends.openai import boundary as boundaries
 from particlescale.backends.openai import streamed, templates, wire
 from particlescale.errors import BackendError, ConfigError
@@ -63,21 +63,8 @@ from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
 from particlescale.types import Particle, Problem, Step, Usage
 
-T = TypeVar("T")
 MODES = ("completions", "chat")
 PREFIX_CACHE_SIZE = 4096
-
-
-async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """Run awaitables concurrently; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 @dataclass

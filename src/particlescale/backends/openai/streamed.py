@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from particlescale.backends.http import HttpEndpoint
+from particlescale.backends.http import HttpEndpoint, gather_or_cancel
 from particlescale.backends.openai import wire
 from particlescale.backends.steptext import StepText
 from particlescale.errors import BackendError
@@ -156,8 +156,6 @@ async def stream_step(ep: HttpEndpoint, path: str, body: Callable[[int, int], di
 async def children(session: OpenAISession, kind: wire.ServerKind, boundary: str,
                    parent: Particle, k: int, seed: int) -> list[Step]:
     """``k`` steps after ``parent`` in ``session``, one stream each (child j: seed + j)."""
-    from particlescale.backends.openai.generator import gather_or_cancel
-
     if k <= 0:
         return []
     p, model, replica = session.params, session.gen.model, session.replica

@@ -92,8 +92,10 @@ async def test_vllm_request_sends_every_sampling_parameter_and_the_rendered_prom
         "include_stop_str_in_output": False, "skip_special_tokens": True,
         "add_special_tokens": False}
     assert fake.ignored_fields == []  # vLLM knows every extra we send
-    # The prompt was rendered by the server's template once: one /tokenize, one /detokenize.
-    assert len(fake.bodies("/tokenize")) == 1 and len(fake.bodies("/detokenize")) == 1
+    # The prompt was rendered by the server's template once: one /tokenize, one /detokenize
+    # (the other /tokenize requests are the step-boundary probe, once per replica).
+    assert len(rendered(fake)) == 1 and len(fake.bodies("/detokenize")) == 1
+    assert len(fake.bodies("/tokenize")) == 1 + len(boundaries.probe_texts("\n\n"))
 
 
 async def test_prompt_is_rendered_once_per_problem_not_per_step(fake):
@@ -104,8 +106,13 @@ async def test_prompt_is_rendered_once_per_problem_not_per_step(fake):
     await session.extend([particle(first[0][0].text)], [2])
     await session.extend([particle(first[0][0].text), particle(first[0][1].text)], [1, 1])
     await session.aclose()
-    assert len(fake.bodies("/tokenize")) == 1
+    assert len(rendered(fake)) == 1
     assert len(completion_bodies(fake)) == 4
+
+
+def rendered(fake: FakeVLLM) -> list[dict]:
+    """The /tokenize requests that render a chat (not the step-boundary probe's)."""
+    return [b for b in fake.bodies("/tokenize") if "messages" in b]
 
 
 async def test_official_openai_api_gets_only_openai_fields():
@@ -127,6 +134,8 @@ async def test_vllm_extras_to_the_openai_api_fail_fast_with_the_servers_message(
         assert err.value.status == 400 and err.value.kind == "http"
         assert "Unrecognized request argument supplied: top_k" in str(err.value)
         assert len(completion_bodies(server)) == 1  # a 400 is not retried
+        # the tokeniser probe found no /tokenize there, and went on without it
+        assert len(server.bodies("/tokenize")) == len(boundaries.probe_texts("\n\n"))
 
 
 async def test_server_kind_is_probed_from_the_model_listing():

@@ -288,3 +288,20 @@ def test_the_step_boundary_flag_reaches_the_generator_and_is_checked():
         client_options("openai:http://h/v1", step_boundary="later")
     with pytest.raises(ConfigError, match="--step-boundary: only for generators on a server"):
         client_options("llamacpp:", step_boundary="stop")
+
+
+async def test_an_unknown_server_keeps_stop_and_is_labelled_inexact():
+    # the official OpenAI API: no tokeniser to probe, finish_reason "stop" at EOS too
+    with FakeVLLM(model=MODEL, strict_openai=True) as server:
+        gen = gen_for(server)
+        session = gen.session(Problem(QUESTION), SamplingParams(), np.random.default_rng(0),
+                              Usage())
+        await session.extend([Particle(id=0)], [2])
+        info = session.step_boundary
+        assert (info["mode"], info["exact"]) == ("stop", False)
+        assert "could not be probed" in info["why"] and "alike" in info["why"]
+        assert server.bodies("/tokenize") == [] and streams(server) == []
+    # a server taken for vLLM without a /tokenize route (404): judged without a tokeniser
+    with FakeVLLM(model=MODEL, strict_openai=True) as server:
+        gen = gen_for(server, server_kind="vllm")
+        assert await boundaries.probe(gen.replicas[0].endpoint, "vllm", MODEL, "\n\n") is None

@@ -93,7 +93,8 @@ def classify(tokens: dict[str, list[int]], delimiter: str) -> Tokeniser:
 
 async def probe(ep: HttpEndpoint, kind: wire.ServerKind, model: str | None,
                 delimiter: str) -> Tokeniser | None:
-    """Ask the server's tokeniser (:data:`ROUTES`); None for servers without one."""
+    """Ask the server's tokeniser (:data:`ROUTES`); None for servers without one (or without
+    the route)."""
     route = ROUTES.get(kind)
     if route is None:
         return None
@@ -106,7 +107,12 @@ async def probe(ep: HttpEndpoint, kind: wire.ServerKind, model: str | None,
         return {"model": model, "input": text}
 
     texts = probe_texts(delimiter)
-    outs = await asyncio.gather(*(ep.post(route, body(t)) for t in texts))
+    try:
+        outs = await asyncio.gather(*(ep.post(route, body(t)) for t in texts))
+    except BackendError as e:
+        if e.status in (404, 405, 501):  # no such route here: judged without a tokeniser
+            return None
+        raise
     try:
         tokens = {t: [int(x) for x in out["tokens"]] for t, out in zip(texts, outs, strict=True)}
     except (KeyError, TypeError, ValueError) as e:

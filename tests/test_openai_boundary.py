@@ -18,9 +18,8 @@ from particlescale.backends.openai import OpenAIGenerator, streamed, wire
 from particlescale.backends.openai import boundary as boundaries
 from particlescale.errors import ConfigError
 from particlescale.protocols import SamplingParams
+from particlescale.testing.fake_vllm import FakeVLLM
 from particlescale.types import Particle, Problem, Step, Usage
-
-from fakes.vllm_server import FakeVLLM
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 QUESTION = "What is 40 + 2?"

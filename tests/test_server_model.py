@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from particlescale.server import Backends, ServerConfig
-from server_harness import LiveServer
+from particlescale.testing.live_server import LiveServer
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m"

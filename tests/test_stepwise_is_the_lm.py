@@ -27,7 +27,8 @@ is read), and, over HTTP, resuming the text after the delimiter, streamed
 (``boundary="stream"``) or after a server-side stop (``boundary="stop"``, the old behaviour).
 smollm2's tokeniser writes a blank line before a word as two ``"\\n"`` tokens but tokenises
 a text *ending* with ``"\\n\\n"`` as one token, after which the model mostly repeats the
-question (``backends/openai/boundary.py``).
+question (``backends/openai/boundary.py``). Run with ``-s`` to see the p-values and the
+first words of the second steps.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ MODEL = "smollm2-135m"
 PROBLEM = Problem("Q: What is 1 + 1?\n\nStep: 1 + 1 = 2.\n\nAnswer: 2\n\nQ: What is 2 + 3?",
                   system_prompt="You are a helpful assistant.")
 DELIM = "\n\n"
-N = 48  # solutions per sample: the mutants' p-values are ~1e-8 here (docs/remote.md)
+# solutions per sample: the mutants' p-values are ~1e-9 here, the real variants' >= 0.018
+# (docs/remote.md); the whole file takes ~3 min on a busy 2-core machine
+N = 48
 C = 24  # a step longer than this (bytes) is "long": nothing after it is compared
 K = C + 4  # token cap per step (> C: a capped step is long)
 SEED = 2024

@@ -100,8 +100,8 @@ class OpenAIGenerator:
     ``timeout`` (seconds per request), ``retries`` and ``retry_timeouts``: the retry policy of
     :class:`~particlescale.backends.http.HttpEndpoint` (a generation request that timed out is
     not sent again unless ``retry_timeouts``).
-    ``boundary``: how a step's end is found and the next step resumed: ``auto``, ``stop``,
-    ``stream`` or ``regenerate`` (module docstring; ``streamed.py``).
+    ``boundary``: how a step's end is found and the next step resumed: ``auto`` (probe the
+    server's tokeniser), ``stop``, ``stream`` or ``regenerate`` (``boundary.py``).
     """
 
     def __init__(

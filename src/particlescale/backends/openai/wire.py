@@ -27,7 +27,7 @@ repetition_penalty=1.05, which would silently change the proposal distribution):
              defaults are top_k=40, min_p=0.05, repeat_penalty=1.1: another distribution).
              It answers one request at a time, ignores ``n``, and reports a stop string and
              an end of sequence alike (``finish_reason="stop"``), so steps are read from a
-             stream (see ``generator.py``, ``boundary``). It applies top-p *before* the
+             stream (see ``boundary.py``). It applies top-p *before* the
              temperature, unlike the embedded engine and vLLM: the same only at top_p=1.
 ``openai``   only the official OpenAI fields (the OpenAI API rejects unknown ones). Without a
              ``stop_reason`` the delimiter and EOS both read ``finish_reason="stop"``: the step
@@ -183,7 +183,7 @@ def completion_body(kind: ServerKind, model: str, prompt: str, n: int, params: S
 def stream_body(kind: ServerKind, model: str, prompt: str, params: SamplingParams, seed: int,
                 max_tokens: int) -> dict[str, Any]:
     """Body of a streamed ``POST /v1/completions`` for one child and no stop string: the
-    client finds the step's end in the text (``generator.py``, ``boundary``)."""
+    client finds the step's end in the text (``streamed.py``)."""
     body = completion_body(kind, model, prompt, 1, params, seed)
     del body["stop"]
     body.update(max_tokens=max_tokens, stream=True)

@@ -137,6 +137,10 @@ def test_solve_logprob_reward_with_a_server_is_refused_before_generating(fake: F
      "--retries: must be >= 0"),
     (["--generator", "openai:http://127.0.0.1:9/v1", "--template", "nope"],
      "--template: unknown 'nope'"),
+    (["--generator", "openai:http://127.0.0.1:9/v1", "--step-boundary", "nope"],
+     "--step-boundary: unknown 'nope'; choose one of auto, stop, stream, regenerate"),
+    (["--reward", "arith", "--step-boundary", "stop"],
+     "--step-boundary: only for generators on a server"),
 ])
 def test_solve_checks_every_input_before_a_model_loads(args: list[str], words: str,
                                                       empty_cache: Path, capsys, monkeypatch):
@@ -172,6 +176,8 @@ def test_eval_bad_numbers_are_one_line_before_anything_loads(tmp_path: Path, fla
     (["--generator", GEN, "--reward", "value:/nonexistent.npz"],
      "value head '/nonexistent.npz' does not exist"),
     (["--generator", GEN, "--reward", REW, "--timeout", "5"], "only for generators on a server"),
+    (["--generator", "openai:http://127.0.0.1:9/v1", "--reward", "arith", "--step-boundary",
+      "later"], "--step-boundary: unknown 'later'"),
     (["--generator", "openai:http://127.0.0.1:9/v1", "--reward", "logprob"],
      "'logprob' needs step log-probabilities"),
 ])

@@ -16,7 +16,7 @@ import pytest
 import particlescale
 from engines import engine_for
 from particlescale.backends.llamacpp.sampling import sample_row, sample_rows
-from particlescale.backends.llamacpp.steptext import StepText, utf8_complete_prefix
+from particlescale.backends.steptext import StepText, utf8_complete_prefix
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
 from particlescale.testing.scripted import ScriptedReward

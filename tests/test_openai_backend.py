@@ -16,9 +16,11 @@ import time
 import numpy as np
 import pytest
 
+from engines import llama_cpp_python_server
 from particlescale import Problem, asolve, solve
 from particlescale.backends.http import HttpEndpoint, server_message
 from particlescale.backends.openai import OpenAIGenerator, templates, wire
+from particlescale.backends.openai import boundary as boundaries
 from particlescale.backends.registry import make_generator
 from particlescale.errors import BackendError, ConfigError
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
@@ -95,8 +97,10 @@ async def test_vllm_request_sends_every_sampling_parameter_and_the_rendered_prom
         "include_stop_str_in_output": False, "skip_special_tokens": True,
         "add_special_tokens": False}
     assert fake.ignored_fields == []  # vLLM knows every extra we send
-    # The prompt was rendered by the server's template once: one /tokenize, one /detokenize.
-    assert len(fake.bodies("/tokenize")) == 1 and len(fake.bodies("/detokenize")) == 1
+    # The prompt was rendered by the server's template once: one /tokenize, one /detokenize
+    # (the other /tokenize requests are the step-boundary probe, once per replica).
+    assert len(rendered(fake)) == 1 and len(fake.bodies("/detokenize")) == 1
+    assert len(fake.bodies("/tokenize")) == 1 + len(boundaries.probe_texts("\n\n"))
 
 
 async def test_prompt_is_rendered_once_per_problem_not_per_step(fake):
@@ -107,8 +111,13 @@ async def test_prompt_is_rendered_once_per_problem_not_per_step(fake):
     await session.extend([particle(first[0][0].text)], [2])
     await session.extend([particle(first[0][0].text), particle(first[0][1].text)], [1, 1])
     await session.aclose()
-    assert len(fake.bodies("/tokenize")) == 1
+    assert len(rendered(fake)) == 1
     assert len(completion_bodies(fake)) == 4
+
+
+def rendered(fake: FakeVLLM) -> list[dict]:
+    """The /tokenize requests that render a chat (not the step-boundary probe's)."""
+    return [b for b in fake.bodies("/tokenize") if "messages" in b]
 
 
 async def test_official_openai_api_gets_only_openai_fields():
@@ -130,6 +139,8 @@ async def test_vllm_extras_to_the_openai_api_fail_fast_with_the_servers_message(
         assert err.value.status == 400 and err.value.kind == "http"
         assert "Unrecognized request argument supplied: top_k" in str(err.value)
         assert len(completion_bodies(server)) == 1  # a 400 is not retried
+        # the tokeniser probe found no /tokenize there, and went on without it
+        assert len(server.bodies("/tokenize")) == len(boundaries.probe_texts("\n\n"))
 
 
 async def test_server_kind_is_probed_from_the_model_listing():
@@ -545,6 +556,10 @@ def test_solve_end_to_end_with_pf_and_a_served_prm():
         assert u.prompt_tokens > 0 and u.generated_tokens > 0 and u.prm_tokens > 0
         generated = sum(b["n"] for b in completion_bodies(lm))
         assert u.lm_calls < generated  # children of one parent share a request
+        # the fake tokeniser reads a trailing "\n\n" as inside a text: stop is exact
+        assert result.info["step_boundary"]["mode"] == "stop"
+        assert result.info["step_boundary"]["exact"] is True
+        assert len(lm.bodies("/tokenize")) >= len(boundaries.probe_texts("\n\n"))
         again = solve(QUESTION, generator=gen, reward=VllmPRM(prm.url), method="pf",
                       budget=8, seed=0)  # a second event loop, the same generator
         assert again.text == result.text
@@ -556,62 +571,11 @@ def test_solve_end_to_end_with_pf_and_a_served_prm():
 # -- a real OpenAI-compatible server: llama-cpp-python's, with a real model ----------------------
 
 
-# llama.cpp's repacked CPU kernels use AMX tile instructions on CPUs that advertise AMX, which
-# die with SIGILL on VMs that do not enable it (see backends/llamacpp/engine.py); the server
-# has no flag for it, so it is launched with llama.cpp's extra weight buffers turned off.
-LLAMA_SERVER_NO_AMX = """
-import runpy, sys
-import llama_cpp.llama_cpp as L
-_default = L.llama_model_default_params
-def _params():
-    p = _default()
-    p.use_extra_bufts = False
-    return p
-L.llama_model_default_params = _params
-sys.argv[0] = "llama_cpp.server"
-runpy.run_module("llama_cpp.server", run_name="__main__")
-"""
-
-
 @pytest.fixture(scope="module")
 def llama_cpp_server():
     """``python -m llama_cpp.server`` serving smollm2-135m on 127.0.0.1 (skipped when the
     model or the server's extras are not installed)."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
-    pytest.importorskip("llama_cpp.server.app", reason="pip install 'llama-cpp-python[server]'")
-    from particlescale import models
-
-    try:
-        path = models.resolve("smollm2-135m")
-    except Exception as e:  # not pulled here
-        pytest.skip(f"smollm2-135m is not available: {e}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LLAMA_SERVER_NO_AMX, "--model", str(path), "--model_alias",
-         "smollm2-135m", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-         "--n_threads", "2", "--verbose", "False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("llama_cpp.server did not start")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    yield from llama_cpp_python_server("smollm2-135m")
 
 
 @pytest.mark.model
@@ -622,9 +586,12 @@ def test_llama_cpp_python_server_end_to_end(llama_cpp_server, method):
     reward = ScriptedReward(lambda texts: 0.5)
     result = solve("What is 2 + 3? Put the answer in \\boxed{}.", generator=gen, reward=reward,
                    method=method, budget=2, seed=0, max_steps=3, max_step_tokens=48)
-    assert gen.replicas[0].kind == "openai"  # owned_by "me": no vLLM extras are sent
+    # owned_by "me": its own sampling extras are sent, and steps are read from streams (one
+    # per child) with the boundary its tokeniser needs (tests/test_stepwise_is_the_lm.py)
+    assert gen.replicas[0].kind == "llama-cpp-python"
+    assert result.info["step_boundary"]["mode"] == "regenerate"
+    assert result.info["step_boundary"]["exact"] is True
     assert result.candidates and all(c.text for c in result.candidates)
     u = result.usage
-    # llama_cpp.server answers one choice whatever n is: the missing ones are asked again.
     assert u.lm_calls >= 2 and u.prompt_tokens > 0 and u.generated_tokens > 0
     assert all(c.steps <= 3 for c in result.candidates)

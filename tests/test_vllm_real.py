@@ -156,6 +156,40 @@ def test_first_step_is_one_request_with_n_children_and_stop_at_the_delimiter(sta
             assert c.tokens == 64
 
 
+@pytest.mark.parametrize(("boundary", "exact"), [("stream", True), ("regenerate", False)])
+def test_streamed_boundaries_read_vllms_own_streams(stack, boundary, exact):
+    """backends/openai/streamed.py on vLLM's streams (the fake copies their format): one stream
+    per child, the step cut at the delimiter by the client, the next step resumed from it.
+    Qwen's tokeniser writes ".\\n\\n" as one token: regenerate is labelled inexact there."""
+    gen = gen_for(stack, boundary=boundary)
+    usage = Usage()
+
+    async def go():
+        session = gen.session(Problem(QUESTION, system_prompt=SYSTEM),
+                              SamplingParams(max_step_tokens=48), np.random.default_rng(0),
+                              usage)
+        (first,) = await session.extend([Particle(id=0, steps=())], [3])
+        parent = next((s for s in first if s.finish == "step"), first[0])
+        (second,) = await session.extend([Particle(id=1, steps=(parent,))], [2])
+        await session.aclose()
+        await gen.aclose()
+        return first, second, session.step_boundary
+
+    first, second, info = run(go())
+    assert (info["mode"], info["exact"]) == (boundary, exact), info
+    if boundary == "regenerate":
+        # after "." Qwen writes ".\n\n" as one token, so a prompt cut before "\n\n"
+        # rarely sees "\n\n" written alone: regenerate may give up, and says so
+        assert "gave_up" not in info or "did not write it again" in info["why"]
+    else:
+        assert "gave_up" not in info
+    for s in (*first, *second):
+        assert s.finish in ("step", "eos", "length")
+        assert "\n\n" not in s.text.lstrip()  # cut by the client at the delimiter
+        assert 0 < s.tokens <= 48 or (s.finish == "eos" and s.tokens == 0)
+    assert usage.lm_calls >= 5 and usage.generated_tokens > 0 and usage.prompt_tokens > 0
+
+
 def test_same_seed_same_samples_and_choice_i_is_seed_plus_i(stack):
     """What seeded runs rely on: a request repeated with its seed gives the same choices, and
     (as vLLM v1 seeds a request's n choices) choice i is what seed + i gives alone."""
@@ -188,6 +222,10 @@ def test_methods_run_end_to_end_through_the_cli(stack, method):
     assert u["lm_calls"] >= 1 and u["prompt_tokens"] > 0 and u["generated_tokens"] > 0
     # one request per distinct parent and step, never one per particle
     assert u["lm_calls"] <= 1 + (SHORT["max_steps"] - 1) * 4
+    # Qwen's tokeniser reads a trailing "\n\n" as inside a text, and vLLM reports which stop
+    # it hit: the server-side stop string is exact (backends/openai/boundary.py)
+    boundary = result["info"]["step_boundary"]
+    assert (boundary["mode"], boundary["exact"]) == ("stop", True), boundary
 
 
 def test_pg_with_ancestor_sampling_scores_continuations_by_echo(stack):

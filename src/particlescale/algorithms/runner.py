@@ -3,7 +3,8 @@
 Every method is ``async def run_x(ctx, cfg, progress) -> Outcome``: it reads the context and
 returns its candidates and info; the runner opens the generation session, always closes it
 (freeing backend state even when a run fails or is cancelled) and assembles the
-:class:`Result`, whose info starts with what the method samples (``target``, ``exact``).
+:class:`Result`, whose info starts with what the method samples (``target``, ``exact``) and
+says how the generator resumed steps (``step_boundary``, where the session tells).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ async def run(
     finally:
         await session.aclose()
         usage.wall_time = clock.elapsed()
+    info = {**describe(method, cfg), **outcome.info}
+    boundary = getattr(session, "step_boundary", None)  # how steps were resumed (backends)
+    if boundary is not None:
+        info["step_boundary"] = dict(boundary)
     return Result(
         answer=select_answer(outcome.candidates, cfg.selector),
         candidates=outcome.candidates,
@@ -79,5 +84,5 @@ async def run(
         method=method,
         budget=budget,
         seed=seed,
-        info={**describe(method, cfg), **outcome.info},
+        info=info,
     )

@@ -39,6 +39,11 @@ costs a second of client CPU. The client session and the semaphore belong to one
 ``solve()`` runs a fresh loop per call, so both are made lazily per running loop, and the
 session is closed when that loop shuts down its async generators (as ``asyncio.run`` does)
 or by :meth:`HttpEndpoint.aclose`.
+
+:meth:`HttpEndpoint.events` streams a server-sent-events answer (``stream: true``): retried
+like a request until its first event arrives, never after (events already handed out cannot
+be taken back); leaving the ``async for`` early closes the connection, which tells the
+server to stop generating.
 """
 
 from __future__ import annotations
@@ -50,15 +55,16 @@ import os
 import random
 import re
 import socket
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from particlescale.errors import BackendError, ConfigError
 
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CONNECT_TIMEOUT = 10.0
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
@@ -275,11 +281,102 @@ class HttpEndpoint:
         raise BackendError(f"{last} (gave up after {self.retries + 1} attempts)",
                            kind=last.kind, status=last.status)
 
+    async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """POST ``body`` and yield the decoded JSON of each server-sent event (``data:``
+        lines) until ``data: [DONE]`` or the end of the answer. Use it inside
+        ``contextlib.aclosing`` when the loop may stop early: closing the generator drops the
+        connection, and the server stops generating."""
+        state = await self._loop_state()
+        url = self.base_url + path
+        last: BackendError | None = None
+        for attempt in range(self.retries + 1):
+            retry_after: str | None = None
+            started = False
+            async with state.semaphore:
+                self.requests += 1
+                try:
+                    # the whole answer may take longer than ``timeout``: only a stall may not
+                    async with state.session.post(url, json=body, timeout=aiohttp.ClientTimeout(
+                            total=None, sock_read=self.timeout,
+                            sock_connect=min(self.timeout, self.connect_timeout))) as resp:
+                        if resp.status != 200:
+                            raw = await resp.read()
+                            last = BackendError(f"POST {url}: HTTP {resp.status}: "
+                                                f"{server_message(resp.status, raw)}",
+                                                kind="http", status=resp.status)
+                            if resp.status not in RETRY_STATUSES:
+                                raise last
+                            retry_after = resp.headers.get("Retry-After")
+                        else:
+                            try:
+                                async for line in resp.content:
+                                    data = line.strip()
+                                    if not data.startswith(b"data:"):
+                                        continue  # comments (": ping"), blank separators
+                                    data = data[5:].strip()
+                                    if data == b"[DONE]":
+                                        break
+                                    started = True
+                                    yield _event_json(url, data)
+                            finally:
+                                resp.close()  # early exit: drop the connection
+                            return
+                except _CONNECTION_TIMEOUT as e:  # never connected: nothing was sent
+                    last = BackendError(f"POST {url}: cannot connect within "
+                                        f"{min(self.timeout, self.connect_timeout):g} s "
+                                        f"({type(e).__name__}); is the server up and the URL "
+                                        "right?", kind="connect")
+                except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+                    last = BackendError(f"POST {url}: stream stalled for {self.timeout:g} s "
+                                        f"({type(e).__name__}); raise the timeout (--timeout, "
+                                        "or timeout= in Python) or check the server's load",
+                                        kind="timeout")
+                    if not started and not self.retry_timeouts:
+                        raise BackendError(
+                            f"{last} (not sent again: the server may still be working on it)",
+                            kind="timeout") from None
+                except aiohttp.ClientConnectorError as e:
+                    last = BackendError(f"POST {url}: cannot connect ({_connect_reason(e)}); "
+                                        "is the server running and the URL right?",
+                                        kind="connect")
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                        aiohttp.ClientOSError) as e:
+                    last = BackendError(f"POST {url}: connection dropped "
+                                        f"({type(e).__name__})", kind="connect")
+            if started:  # part of the answer is out: the caller cannot resume it
+                assert last is not None
+                raise last
+            if attempt < self.retries:
+                await asyncio.sleep(self._delay(attempt, retry_after))
+        assert last is not None
+        raise BackendError(f"{last} (gave up after {self.retries + 1} attempts)",
+                           kind=last.kind, status=last.status)
+
     async def aclose(self) -> None:
         """Close the connection pool of the current loop (other loops close theirs at exit)."""
         state, self._state = self._state, None
         if state is not None and state.loop is asyncio.get_running_loop():
             await state.closer.aclose()
+
+
+async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run awaitables concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _event_json(url: str, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BackendError(f"POST {url}: a streamed event is not JSON ({e}): {data[:200]!r}",
+                           kind="protocol") from e
 
 
 def split_base_url(url: str) -> tuple[str, str]:

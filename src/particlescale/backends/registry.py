@@ -53,18 +53,24 @@ HTTP_GENERATORS = ("openai",)
 """Prefixes whose generators talk HTTP (and take ``timeout``, ``retries``, ``template``)."""
 
 
+FLAGS = {"timeout": "--timeout", "retries": "--retries", "template": "--template",
+         "boundary": "--step-boundary"}
+
+
 def client_options(spec: str, *, timeout: float | None = None, retries: int | None = None,
-                   template: str | None = None) -> dict[str, Any]:
-    """The keyword options the CLI flags ``--timeout``, ``--retries`` and ``--template`` give
-    the generator of ``spec`` (only those given), checked: a flag the generator cannot use is
-    a :class:`ConfigError` naming it, not an ignored setting."""
+                   template: str | None = None,
+                   step_boundary: str | None = None) -> dict[str, Any]:
+    """The keyword options the CLI flags ``--timeout``, ``--retries``, ``--template`` and
+    ``--step-boundary`` give the generator of ``spec`` (only those given), checked: a flag the
+    generator cannot use is a :class:`ConfigError` naming it, not an ignored setting."""
     given: dict[str, Any] = {k: v for k, v in (("timeout", timeout), ("retries", retries),
-                                                ("template", template)) if v is not None}
+                                                ("template", template),
+                                                ("boundary", step_boundary)) if v is not None}
     if not given:
         return {}
     prefix = spec.strip().partition(":")[0]
     if prefix not in HTTP_GENERATORS:
-        flags = ", ".join(f"--{k}" for k in given)
+        flags = ", ".join(FLAGS[k] for k in given)
         raise ConfigError(f"{flags}: only for generators on a server (openai:URL); generator "
                           f"{prefix!r} sends no requests")
     if timeout is not None and not 0 < timeout < math.inf:  # also refuses NaN
@@ -78,7 +84,15 @@ def client_options(spec: str, *, timeout: float | None = None, retries: int | No
         if template not in names:
             raise ConfigError(f"--template: unknown {template!r}; choose one of "
                               f"{', '.join(names)}")
+    if step_boundary is not None:
+        from particlescale.backends.openai.boundary import BOUNDARIES
+
+        if step_boundary not in BOUNDARIES:
+            raise ConfigError(f"--step-boundary: unknown {step_boundary!r}; choose one of "
+                              f"{', '.join(BOUNDARIES)}")
     return given
+
+
 FALLBACK: Builder | None = None
 
 

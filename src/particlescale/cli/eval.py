@@ -55,6 +55,9 @@ def eval_command(
     template: Annotated[str | None, typer.Option(
         help="openai:URL: chat template of the served model: auto, server, hf, qwen, llama3.")
     ] = None,
+    step_boundary: Annotated[str | None, typer.Option(
+        "--step-boundary", help="openai:URL: how a step ends and the next resumes: auto, "
+                                "stop, stream, regenerate (docs/remote.md).")] = None,
     limit: Annotated[int | None, typer.Option(help="Keep the first N problems.")] = None,
     sample: Annotated[int | None, typer.Option(help="Draw K problems at random (see --seed).")
                       ] = None,
@@ -103,7 +106,8 @@ def eval_command(
     seed_list = parse_seeds(seeds)
     id_list = tuple(i.strip() for i in ids.split(",") if i.strip()) if ids else None
     backend = BackendSpec(generator=generator, model=model, reward=reward, api_key=api_key,
-                          timeout=timeout, retries=retries, template=template)
+                          timeout=timeout, retries=retries, template=template,
+                          step_boundary=step_boundary)
     validate(backend)
     ds = load_dataset(dataset, question_field=question_field, answer_field=answer_field,
                       id_field=id_field, extractor=answer_extractor, grading=grading,

@@ -209,6 +209,10 @@ def solve(
     template: str | None = typer.Option(
         None, "--template", help="openai:URL: chat template of the served model: auto, "
                                  "server, hf, qwen (ChatML), llama3 (default auto)"),
+    step_boundary: str | None = typer.Option(
+        None, "--step-boundary", help="openai:URL: how a step ends and the next resumes: "
+                                      "auto (probe the tokeniser), stop, stream, regenerate "
+                                      "(docs/remote.md; default auto)"),
     as_json: bool = typer.Option(False, "--json", help="print the Result as JSON on stdout"),
     trace: Path | None = typer.Option(None, "--trace",
                                       help="write the run's trace (JSON) to this file"),
@@ -219,7 +223,8 @@ def solve(
 
     options = parse_options(option)
     reward = reward or default_reward(_full_spec(generator))
-    client = client_options(generator, timeout=timeout, retries=retries, template=template)
+    client = client_options(generator, timeout=timeout, retries=retries, template=template,
+                            step_boundary=step_boundary)
     _check_inputs(question, method, options, budget, seed, reward, trace, generator, model)
     err = Console(stderr=True)
     out = Console() if not as_json else err

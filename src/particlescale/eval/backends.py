@@ -8,8 +8,8 @@ it can be hashed into the sweep's configuration and shipped to other machines:
 * ``reward``: a spec for :func:`particlescale.rewards.registry.make_reward` (default:
   :func:`particlescale.rewards.checks.default_reward` of the generator: ``arith*logprob``,
   or ``arith`` for a server generator, which reports no step log-probabilities);
-* ``timeout``, ``retries``, ``template``: options of an ``openai:URL`` generator (the first
-  two change no result and are not part of the configuration hash);
+* ``timeout``, ``retries``, ``template``, ``step_boundary``: options of an ``openai:URL``
+  generator (the first two change no result and are not part of the configuration hash);
 * either may be a **plugin** ``py:MODULE:FACTORY`` or ``py:path/to/file.py:FACTORY``: the
   factory is imported and called (the generator factory with ``model=``, the reward factory with
   ``generator=``). This is how tests run the real CLI over scripted backends, and how users plug
@@ -42,16 +42,18 @@ class BackendSpec:
     timeout: float | None = None
     retries: int | None = None
     template: str | None = None
+    step_boundary: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """What goes into the configuration hash: never the API key, nor the timeout and
-        retries (they change no result); the template only when set (so the hashes of
-        sweeps from before it existed stay the same)."""
+        retries (they change no result); the template and the step boundary only when set
+        (so the hashes of sweeps from before they existed stay the same)."""
         d = asdict(self)
         for key in ("api_key", "timeout", "retries"):
             d.pop(key)
-        if d["template"] is None:
-            d.pop("template")
+        for key in ("template", "step_boundary"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
     def client_options(self) -> dict[str, Any]:
@@ -59,7 +61,8 @@ class BackendSpec:
         from particlescale.backends.registry import client_options
 
         return client_options(generator_spec(self.generator), timeout=self.timeout,
-                              retries=self.retries, template=self.template)
+                              retries=self.retries, template=self.template,
+                              step_boundary=self.step_boundary)
 
 
 def load_plugin(spec: str, what: str) -> Any:

@@ -30,7 +30,7 @@ import numpy as np
 
 from particlescale.backends.llamacpp.scheduler import Job, Message, Run
 from particlescale.backends.llamacpp.slots import SeqHandle, Slot, SlotPool
-from particlescale.backends.llamacpp.steptext import StepText
+from particlescale.backends.steptext import StepText
 from particlescale.errors import BackendError
 from particlescale.protocols import SamplingParams
 from particlescale.types import FinishReason, Step

@@ -56,9 +56,20 @@ class LlamaCppSession:
         self.prompt = self.engine.chat_tokens(messages)
         self.state = self.engine.open_session(self.prompt)
         self.closed = False
+        # how steps are resumed (the runner puts it in Result.info; see backends/openai/
+        # boundary.py for the HTTP side): exact while every parent is this session's own
+        self.step_boundary: dict[str, Any] = {
+            "mode": "kv-cache", "exact": True,
+            "why": "the engine resumes each particle from the tokens the model wrote (its KV "
+                   "sequence, or its tokens when the sequence was evicted)"}
 
     def _continuation_tokens(self, steps: Sequence[Step]) -> list[int]:
-        """The tokens of a particle rebuilt from its text (its handle is gone or foreign)."""
+        """The tokens of a particle rebuilt from its text (its handle is foreign: another
+        session's, or none). Not always the tokens the model wrote: a tokeniser with GPT-2's
+        pre-tokeniser (smollm2) reads a text *ending* with ``"\\n\\n"`` as one token where
+        the model wrote two, and the resumed steps then differ from free-running ones
+        (tests/test_stepwise_is_the_lm.py). A particle resumed in its own session keeps its
+        tokens, consumed handle or not."""
         delim = self.params.delimiter
         text = "".join(s.text + (delim if s.finish == "step" else "") for s in steps)
         return self.engine.tokenize(text) if text else []
@@ -104,7 +115,18 @@ class LlamaCppSession:
             else:
                 toks = tuple(self._continuation_tokens(parent.steps))
                 specs.append(ParentSpec(k, seeds, tokens=toks, root=not toks))
+                self._retokenised(len(toks) > 0)
         return specs
+
+    def _retokenised(self, did: bool) -> None:
+        if not did:
+            return
+        info = self.step_boundary
+        n = info["retokenised"] = info.get("retokenised", 0) + 1
+        info["exact"] = False
+        info["why"] = (f"{n} parents of another session (or without a handle) were re-read "
+                       "from their text, whose tokens may differ from the model's at a step "
+                       "boundary (tests/test_stepwise_is_the_lm.py)")
 
     def _count(self, out: ExtendOutcome) -> None:
         self.usage.prompt_tokens += out.prompt_tokens
@@ -120,8 +142,8 @@ class LlamaCppSession:
         continuation's tokens are those of tokenising prefix + continuation as one text
         (past the prefix's own tokens), or of the continuation alone when the tokeniser
         merges across the boundary. Scoring is at the text level: a prefix particle whose
-        last token already carried bytes of its next step (see ``steptext.py``) is scored as
-        if it had not. Handles are left alone; the tokens decoded count as prompt tokens.
+        last token already carried bytes of its next step (see ``backends/steptext.py``) is
+        scored as if it had not. Handles are left alone; the tokens decoded count as prompt tokens.
         """
         if not prefixes:
             return []

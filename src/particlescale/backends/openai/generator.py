@@ -17,6 +17,11 @@ shared prompt again. A request that fails after its retries raises
 :class:`particlescale.errors.BackendError`: the problem fails, never silently, and problems
 running beside it go on.
 
+Where a step ends and how the next one resumes (``boundary``: ``stop`` as above, ``stream``,
+``regenerate``, or ``auto``, which probes the server's tokeniser) is ``boundary.py``'s
+business; each session reports its choice and whether it is exact in
+``info["step_boundary"]``.
+
 There is no KV handle to move between steps (the server's prefix cache plays that part):
 steps carry ``handle=None``; ``release``/``aclose`` only keep counts.
 
@@ -44,34 +49,22 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 
-from particlescale.backends.http import HttpEndpoint, split_base_url
-from particlescale.backends.openai import templates, wire
+from particlescale.backends.http import HttpEndpoint, gather_or_cancel, split_base_url
+from particlescale.backends.openai import boundary as boundaries
+from particlescale.backends.openai import streamed, templates, wire
 from particlescale.errors import BackendError, ConfigError
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
 from particlescale.types import Particle, Problem, Step, Usage
 
-T = TypeVar("T")
 MODES = ("completions", "chat")
 PREFIX_CACHE_SIZE = 4096
-
-
-async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """Run awaitables concurrently; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 @dataclass
@@ -81,6 +74,14 @@ class _Replica:
     kind: wire.ServerKind | None = None
     lock: asyncio.Lock | None = None
     lock_loop: asyncio.AbstractEventLoop | None = None
+    serial: asyncio.Lock | None = None  # streams to a one-request-at-a-time server
+    serial_loop: asyncio.AbstractEventLoop | None = None
+
+    def serial_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self.serial is None or self.serial_loop is not loop:  # a lock serves one loop
+            self.serial, self.serial_loop = asyncio.Lock(), loop
+        return self.serial
 
 
 class OpenAIGenerator:
@@ -88,8 +89,9 @@ class OpenAIGenerator:
 
     ``base_urls``: one URL or several replicas (``http://host:8000/v1``; ``/v1`` optional).
     ``model``: the served model name (``None``: the first model the server lists).
-    ``server_kind``: ``vllm``, ``sglang``, ``llamacpp``, ``openai`` or ``auto`` (probe
-    ``/v1/models``; decides which extra parameters the server is sent, see ``wire.py``).
+    ``server_kind``: ``vllm``, ``sglang``, ``llamacpp``, ``llama-cpp-python``, ``openai`` or
+    ``auto`` (probe ``/v1/models``; decides which extra parameters the server is sent, see
+    ``wire.py``).
     ``mode``: ``completions`` (prompt rendered once, steps appended as text) or ``chat``.
     ``template``: ``auto``, ``server``, ``hf``, ``qwen``, ``llama3`` (see ``templates.py``).
     ``system_prompt``: default for problems without their own (the paper's math prompt).
@@ -98,6 +100,8 @@ class OpenAIGenerator:
     ``timeout`` (seconds per request), ``retries`` and ``retry_timeouts``: the retry policy of
     :class:`~particlescale.backends.http.HttpEndpoint` (a generation request that timed out is
     not sent again unless ``retry_timeouts``).
+    ``boundary``: how a step's end is found and the next step resumed: ``auto`` (probe the
+    server's tokeniser), ``stop``, ``stream`` or ``regenerate`` (``boundary.py``).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class OpenAIGenerator:
         retries: int = 4,
         max_n_per_request: int | None = None,
         retry_timeouts: bool = False,
+        boundary: str = "auto",
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -130,6 +135,14 @@ class OpenAIGenerator:
                               f"{', '.join(templates.BUILTIN)}")
         if max_n_per_request is not None and max_n_per_request < 1:
             raise ConfigError("max_n_per_request: must be >= 1 or None")
+        if boundary not in boundaries.BOUNDARIES:
+            raise ConfigError(f"boundary: unknown {boundary!r}; choose one of "
+                              f"{', '.join(boundaries.BOUNDARIES)}")
+        if boundary in ("stream", "regenerate") and mode != "completions":
+            raise ConfigError(f"boundary: {boundary!r} streams /v1/completions; use it with "
+                              "mode='completions', or boundary='stop' or 'auto' in chat mode")
+        self.boundary = boundary
+        self._boundaries: dict[tuple[int, str], dict[str, Any]] = {}
         self.model = model
         self.mode = mode
         self.template = template
@@ -209,6 +222,24 @@ class OpenAIGenerator:
         self._prefixes[key] = text
         return text
 
+    async def boundary_for(self, replica: _Replica, kind: wire.ServerKind,
+                           delimiter: str) -> dict[str, Any]:
+        """``{"mode", "exact", "why"}`` for this replica's sessions: the ``boundary`` option,
+        or what ``auto`` picks, judged on the server's tokeniser (probed once per replica and
+        delimiter; see ``boundary.py``)."""
+        if self.boundary in ("stream", "regenerate") and kind == "llamacpp":
+            raise ConfigError(f"boundary: {self.boundary!r} streams /v1/completions, but "
+                              "llama-server is driven through its native /completion route, "
+                              "which reports stop_type: use boundary='stop' or 'auto'")
+        key = (self.replicas.index(replica), delimiter)
+        if key not in self._boundaries:
+            tok = None
+            if self.mode == "completions":
+                tok = await boundaries.probe(replica.endpoint, kind, self.model, delimiter)
+            self._boundaries[key] = boundaries.choose(self.boundary, kind,
+                                                      self.mode == "chat", tok)
+        return self._boundaries[key]
+
     async def tokenize(self, replica: _Replica, text: str) -> list[int]:
         """Token ids of ``text`` on a vLLM server (no special tokens added)."""
         out = await replica.endpoint.post("/tokenize", {
@@ -287,6 +318,8 @@ class OpenAISession:
     released: int = 0
     closed: bool = False
     _prefix: str | None = field(default=None, repr=False)
+    _prefix_tokens: int | None = field(default=None, repr=False)
+    step_boundary: dict[str, Any] | None = None  # boundary.py; the runner puts it in info
 
     @property
     def system(self) -> str:
@@ -301,10 +334,20 @@ class OpenAISession:
         kind = await self.gen._prepare(self.replica)
         if self.gen.mode == "completions" and self._prefix is None:
             self._prefix = await self.gen.prefix(self.replica, self.system, self.problem.question)
+        chosen = await self.gen.boundary_for(self.replica, kind, self.params.delimiter)
+        if self.step_boundary is None:
+            self.step_boundary = dict(chosen)
+        boundary = chosen["mode"]
+        if boundary != "stop" and self._prefix_tokens is None:
+            self._prefix_tokens = await streamed.count_prefix(self, kind)
         # Seeds are drawn before any request starts, so they do not depend on scheduling.
         seeds = [int(s) for s in self.rng.integers(0, 2**31 - 1, size=len(parents))]
-        jobs = [self._children(kind, p, int(k), seed)
-                for p, k, seed in zip(parents, children, seeds, strict=True)]
+        if boundary == "stop":
+            jobs = [self._children(kind, p, int(k), seed)
+                    for p, k, seed in zip(parents, children, seeds, strict=True)]
+        else:
+            jobs = [streamed.children(self, kind, boundary, p, int(k), seed)
+                    for p, k, seed in zip(parents, children, seeds, strict=True)]
         return await gather_or_cancel(jobs)
 
     async def _children(self, kind: wire.ServerKind, parent: Particle, k: int,

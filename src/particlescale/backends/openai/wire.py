@@ -22,11 +22,19 @@ repetition_penalty=1.05, which would silently change the proposal distribution):
              min_p=0, typical_p=1, repeat_penalty=1, mirostat=0, cache_prompt, ``n_cmpl`` for
              several samples on servers since late 2025); the step end from ``stop_type``
              (``word``/``eos``/``limit``), or the older ``stopped_word``/``stopped_eos`` flags.
+``llama-cpp-python`` ``python -m llama_cpp.server`` (``owned_by: "me"`` in ``/v1/models``): the
+             OpenAI fields plus top_k=0, min_p=0, repeat_penalty=1, mirostat_mode=0 (its
+             defaults are top_k=40, min_p=0.05, repeat_penalty=1.1: another distribution).
+             It answers one request at a time, ignores ``n``, and reports a stop string and
+             an end of sequence alike (``finish_reason="stop"``), so steps are read from a
+             stream (see ``boundary.py``). It applies top-p *before* the
+             temperature, unlike the embedded engine and vLLM: the same only at top_p=1.
 ``openai``   only the official OpenAI fields (the OpenAI API rejects unknown ones). Without a
              ``stop_reason`` the delimiter and EOS both read ``finish_reason="stop"``: the step
              is taken as a ``step``, and an empty ``stop`` completion as ``eos`` (the model
-             ends the solution by answering nothing more). Servers that ignore ``n`` (e.g.
-             ``python -m llama_cpp.server``) are handled by asking again for the missing ones.
+             ends the solution by answering nothing more): a guess that adds a delimiter after
+             every final step; ``boundary="stream"`` reads the two apart. Servers that ignore
+             ``n`` are handled by asking again for the missing ones.
 
 Greedy decoding (temperature 0) asks for one completion and copies it: vLLM rejects ``n > 1``
 with greedy sampling, and the copies would be identical anyway.
@@ -46,8 +54,9 @@ from particlescale.errors import BackendError
 from particlescale.protocols import SamplingParams
 from particlescale.types import FinishReason
 
-ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
-SERVER_KINDS: tuple[str, ...] = ("vllm", "sglang", "llamacpp", "openai", "auto")
+ServerKind = Literal["vllm", "sglang", "llamacpp", "llama-cpp-python", "openai"]
+SERVER_KINDS: tuple[str, ...] = ("vllm", "sglang", "llamacpp", "llama-cpp-python", "openai",
+                                 "auto")
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,13 @@ def get_token_ids(body: Any, key: str, what: str) -> list[int]:
 
 def kind_from_owner(owned_by: str) -> ServerKind:
     """Server kind from ``/v1/models`` ``data[0].owned_by`` (vLLM: "vllm", SGLang: "sglang",
-    llama-server: "llamacpp"; anything else is treated as the strict OpenAI dialect)."""
+    llama-server: "llamacpp", ``python -m llama_cpp.server``: "me"; anything else is treated
+    as the strict OpenAI dialect)."""
     owner = (owned_by or "").lower()
     if owner in ("vllm", "sglang", "llamacpp"):
         return owner  # type: ignore[return-value]
+    if owner == "me":
+        return "llama-cpp-python"
     return "openai"
 
 
@@ -156,6 +168,8 @@ def _extras(kind: ServerKind, *, chat_template_applied: bool) -> dict[str, Any]:
     if kind == "sglang":
         return {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
                 "ignore_eos": False, "skip_special_tokens": True, "no_stop_trim": False}
+    if kind == "llama-cpp-python":
+        return {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "mirostat_mode": 0}
     return {}
 
 
@@ -164,6 +178,35 @@ def completion_body(kind: ServerKind, model: str, prompt: str, n: int, params: S
     """Body of ``POST /v1/completions`` for one parent and ``n`` children."""
     return {**_common(model, n, params, seed), "prompt": prompt,
             **_extras(kind, chat_template_applied=chat_template_applied)}
+
+
+def stream_body(kind: ServerKind, model: str, prompt: str, params: SamplingParams, seed: int,
+                max_tokens: int) -> dict[str, Any]:
+    """Body of a streamed ``POST /v1/completions`` for one child and no stop string: the
+    client finds the step's end in the text (``streamed.py``)."""
+    body = completion_body(kind, model, prompt, 1, params, seed)
+    del body["stop"]
+    body.update(max_tokens=max_tokens, stream=True)
+    if kind != "llama-cpp-python":
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def parse_stream_event(event: Any) -> tuple[str, str | None, int, int]:
+    """``(text, finish_reason, prompt_tokens, completion_tokens)`` of one streamed event of a
+    one-choice completion (the last two from a usage event, else 0)."""
+    try:
+        usage = event.get("usage") or {}
+        choices = event.get("choices") or []
+        text, finish = "", None
+        if choices:
+            text = choices[0].get("text") or ""
+            finish = choices[0].get("finish_reason")
+        return (str(text), finish, int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise BackendError(f"malformed streamed completion event ({type(e).__name__}: {e}): "
+                           f"{str(event)[:200]}", kind="protocol") from e
 
 
 def chat_body(kind: ServerKind, model: str, messages: list[dict[str, str]], n: int,

@@ -21,6 +21,8 @@ so the client code under test is the code users run against the real thing:
   decoded_token}}`` per prompt token); ``return_tokens_as_token_ids`` writes tokens as
   ``token_id:N``; more than ``max_logprobs`` is rejected with vLLM's message. The fake
   model's log-probability of a token is ``token_logprob(text before it, token)``.
+- ``stream: true`` on ``/v1/completions`` (one prompt, ``n=1``) as vLLM streams it, and
+  ``owned_by="me"``'s ``/extras/tokenize`` of ``python -m llama_cpp.server`` (``streams.py``).
 - ``POST /v1/chat/completions``: ChatML rendering with ``add_generation_prompt`` /
   ``continue_final_message`` (both true is rejected), ``logprobs``/``top_logprobs``.
 - ``POST /tokenize``, ``/detokenize``: a reversible fake tokenizer (Qwen's special-token ids).

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from particlescale.testing.fake_vllm.scoring import ScoringRoutes
+from particlescale.testing.fake_vllm.streams import StreamingRoutes
 from particlescale.testing.fake_vllm.wire import (
     INT64,
     OPENAI_CHAT_FIELDS,
@@ -40,7 +41,7 @@ from particlescale.testing.fake_vllm.wire import (
 
 
 @dataclass
-class FakeVLLM(ScoringRoutes):
+class FakeVLLM(ScoringRoutes, StreamingRoutes):
     model: str = "Qwen/Qwen2.5-Math-1.5B-Instruct"
     runner: str = "generate"  # or "pooling"
     strict_openai: bool = False
@@ -127,6 +128,9 @@ class FakeVLLM(ScoringRoutes):
                     "/v1/chat/completions": self._chat}
         if not self.strict_openai:
             handlers.update({"/tokenize": self._tokenize, "/detokenize": self._detokenize})
+            if self.owned_by == "me":  # python -m llama_cpp.server's tokeniser routes
+                handlers.update({"/extras/tokenize": self._extras_tokenize,
+                                 "/extras/tokenize/count": self._extras_count})
             if self.runner == "pooling":
                 handlers = {"/pooling": self._pooling, "/tokenize": self._tokenize,
                             "/detokenize": self._detokenize}
@@ -348,11 +352,11 @@ class FakeVLLM(ScoringRoutes):
             return self._error(400, "At least one of `prompt` or `prompt_embeds` must be set.")
         if err := self._check_model(body):
             return err
-        if body.get("stream"):
-            return self._error(400, "fake server: stream=true is not emulated")
         p, err = self._sampling(body)
         if err:
             return err
+        if body.get("stream"):
+            return await self._stream(body, p)
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         if not all(isinstance(x, str) for x in prompts):
             return self._error(400, "fake server: token-id prompts are not emulated")

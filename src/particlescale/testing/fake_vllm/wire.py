@@ -173,8 +173,16 @@ class FaultLayer:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
 
+        replayed = False
+
         async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": raw, "more_body": False}
+            # the body once, then the connection's own messages (a streaming response
+            # listens for the client's http.disconnect)
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
 
         async def tap(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

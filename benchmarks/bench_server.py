@@ -36,7 +36,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from report import write_section  # noqa: E402
 
 from particlescale import asolve  # noqa: E402
-from particlescale.server import Backends, ServerConfig  # noqa: E402
+from particlescale.server import ServerConfig  # noqa: E402
+from particlescale.wiring import Wired  # noqa: E402
 from server_harness import LiveServer  # noqa: E402
 
 from scripted import ScriptedGenerator, ScriptedReward  # noqa: E402
@@ -53,7 +54,7 @@ TARGET_MS = 20.0
 def served(gen: Any, reward: Any, name: str, max_concurrent: int = 16) -> LiveServer:
     cfg = ServerConfig(generators=[{"spec": f"bench:{name}", "id": name}],
                        limits={"max_concurrent": max_concurrent, "max_budget": 64})
-    return LiveServer(cfg, Backends({name: gen}, reward))
+    return LiveServer(cfg, Wired({name: gen}, reward))
 
 
 def overhead(server: LiveServer, gen: Any, reward: Any, n: int, **run: Any) -> dict[str, float]:

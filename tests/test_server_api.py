@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from particlescale import solve
 from particlescale.protocols import SamplingParams
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.types import Problem, Usage
+from particlescale.wiring import Wired
 from server_harness import LiveServer, SlowGenerator
 
 from scripted import ScriptedGenerator, ScriptedReward
@@ -56,8 +57,8 @@ class Recording:
 def serve(gen: Any = None, rew: Any = None, **config: Any) -> LiveServer:
     config.setdefault("generators", [{"spec": "scripted:test", "id": "scripted"}])
     cfg = ServerConfig(**config)
-    return LiveServer(cfg, Backends({"scripted": gen or make_gen()},
-                                    rew or ScriptedReward(reward)))
+    return LiveServer(cfg, Wired({"scripted": gen or make_gen()},
+                                 rew or ScriptedReward(reward)))
 
 
 def chat(server: LiveServer, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:

@@ -13,7 +13,8 @@ import pytest
 
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.rewards.registry import make_reward
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
+from particlescale.wiring import Wired
 from server_harness import LiveServer
 
 from fakes.vllm_server import FakeVLLM, Fault
@@ -37,8 +38,8 @@ def server(upstream: FakeVLLM):
         r.endpoint.jitter = random.Random(0)
     cfg = ServerConfig(generators=[{"spec": f"openai:{upstream.v1}", "model": MODEL}],
                        reward="arith")
-    with LiveServer(cfg, Backends({MODEL: gen}, make_reward("arith"),
-                                  specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})) as s:
+    with LiveServer(cfg, Wired({MODEL: gen}, make_reward("arith"),
+                               specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})) as s:
         yield s
 
 

@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
+from particlescale.wiring import Wired
 from server_harness import LiveServer
 
 pytestmark = pytest.mark.model
@@ -34,7 +35,7 @@ def _serve(model: str):
     cfg = ServerConfig(generators=[{"spec": f"llamacpp:{model}", "id": model}], reward="arith",
                        limits={"max_concurrent": 32})
     try:
-        with LiveServer(cfg, Backends({model: gen}, make_reward("arith", gen))) as server:
+        with LiveServer(cfg, Wired({model: gen}, make_reward("arith", gen))) as server:
             yield server, gen.engine
     finally:
         gen.close()

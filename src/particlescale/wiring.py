@@ -30,12 +30,13 @@ its user info and query values masked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,18 @@ def redact(text: str) -> str:
     from particlescale.backends.http import redact_url
 
     return redact_url(text)
+
+
+@contextlib.contextmanager
+def _masked() -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` with the credentials of the URLs it quotes masked."""
+    try:
+        yield
+    except ConfigError as e:
+        text = redact(str(e))
+        if text == str(e):
+            raise
+        raise ConfigError(text) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,8 +160,10 @@ def check_reward(spec: str | None, generators: str | Sequence[str] = (), *,
     spec = spec.strip()
     if spec.startswith(PLUGIN):
         return spec
-    check_reward_spec(spec, generators, flag="--reward")
-    for _, name in parse_spec(spec):
+    with _masked():
+        check_reward_spec(spec, generators, flag="--reward")
+        parsed = parse_spec(spec)
+    for _, name in parsed:
         if name.partition(":")[0].strip() == "reference":
             make_one(name)  # its options (noise >= 0, ...) first
             if not answer_key:
@@ -203,7 +218,8 @@ def make_generator(spec: str, model: str | None = None, *, api_key: str | None =
 
     if features and full.startswith("llamacpp:"):
         options = {"embeddings": True, **options}
-    return registry.make_generator(full, model=model, api_key=api_key, **options)
+    with _masked():
+        return registry.make_generator(full, model=model, api_key=api_key, **options)
 
 
 def make_reward(spec: str, generator: Generator | None = None) -> RewardModel:
@@ -212,7 +228,8 @@ def make_reward(spec: str, generator: Generator | None = None) -> RewardModel:
         return load_plugin(spec, "reward")(generator=generator)
     from particlescale.rewards.registry import make_reward as make
 
-    return make(spec, generator)
+    with _masked():
+        return make(spec, generator)
 
 
 def reads_features(reward_spec: str) -> bool:

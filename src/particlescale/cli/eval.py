@@ -46,7 +46,9 @@ def eval_command(
         help="The embedded model (known name, .gguf path, hf:REPO/FILE; default "
              "qwen2.5-0.5b); with --generator openai:URL the served model's name.")] = None,
     reward: Annotated[str | None, typer.Option(
-        help="Reward spec (default: the registry's default), e.g. arith, judge+arith.")] = None,
+        "--reward", "-r",
+        help="Reward spec, e.g. arith, judge+arith (default: arith*logprob; arith with "
+             "openai:URL, which reports no log-probabilities).")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for HTTP generators.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="openai:URL: seconds per request (default 120); a generation that times out is "

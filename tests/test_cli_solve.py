@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from particlescale.cli import main
-from particlescale.eval.specs import parse_options
 from particlescale.errors import ConfigError
+from particlescale.eval.specs import parse_options
 from particlescale.models import is_pulled
 from particlescale.types import Trace
 

@@ -87,7 +87,8 @@ def eval_command(
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster address (default: start a local Ray).")] = None,
     ray_workers: Annotated[int | None, typer.Option(
-        help="Ray workers (each builds its own backends; default: cluster CPUs).")] = None,
+        help="Ray workers (each builds its own generator and reward; default: cluster "
+             "CPUs).")] = None,
     grading_workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
     grading_timeout: Annotated[float, typer.Option(help="Seconds per graded answer.")] = 10.0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,

@@ -116,8 +116,8 @@ class ServerConfig(_Strict):
     generators: tuple[GeneratorConfig, ...] = Field(
         default_factory=lambda: (GeneratorConfig(),), min_length=1)
     reward: str | None = Field(
-        None, min_length=1, description="Reward spec for particlescale.rewards.registry."
-                                        "make_reward; default: arith*logprob, or arith when a "
+        None, min_length=1, description="Reward spec (particlescale.wiring); default: "
+                                        "arith*logprob, or arith when a "
                                         "generator reports no step log-probabilities (servers).")
     method: str = Field("pf", description="Method of requests that name none.")
     budget: int = Field(8, ge=1, description="Budget of requests that name none.")

@@ -66,7 +66,7 @@ test: $(VENV)/.dev-installed /usr/bin/chromium $(VLLM_VENV)/.installed
 		$(PY) -m pytest -q -rs
 
 bench: $(VENV)/.dev-installed
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean-venv:
 	rm -rf $(VENV) $(VLLM_VENV)

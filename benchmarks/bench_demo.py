@@ -6,11 +6,12 @@ source) and an empty model cache (``PARTICLESCALE_CACHE``: the default model's w
 downloaded from the package index, unpacked and hashed). Target: under 10 minutes on 2 cores.
 Run it alone on the machine.
 
-Usage: python benchmarks/bench_demo.py
+Usage: python -m benchmarks.bench_demo
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -19,14 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from report import write_section
+from benchmarks.common import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 600
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "particlescale"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)

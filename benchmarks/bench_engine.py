@@ -12,13 +12,14 @@
 5. Peak RSS of ``solve`` at N=16 in a fresh process (target < 2 GB; < 3.5 GB with the
    ``qwen2.5-1.5b`` judge loaded as well, when that model is pulled).
 
-Run: ``flock /tmp/ps-cpu.lock .venv/bin/python benchmarks/bench_engine.py`` (~6-8 min on 2
+Run: ``flock /tmp/ps-cpu.lock .venv/bin/python -m benchmarks.bench_engine`` (~6-8 min on 2
 cores). The reward is a deterministic hash of the step text (no model), so that resampling
 really duplicates and drops particles while only the generator costs time.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -29,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section
-
 import particlescale
+from benchmarks.common import ROOT, gsm8k_first, write_section
 from particlescale import models
 from particlescale.backends.llamacpp import LlamaCppGenerator, LlamaEngine
 from particlescale.backends.llamacpp.chat import render_chat
@@ -47,14 +46,13 @@ from particlescale.types import Problem, Step, Usage
 
 MODEL = "qwen2.5-0.5b"
 JUDGE = "qwen2.5-1.5b"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gsm8k_test.jsonl"
 NEVER = "\x00@@"  # a delimiter the model never writes: steps run to the token cap
 OPTS = {"max_steps": 3, "max_step_tokens": 48}
 
 
 def problems(k: int) -> list[str]:
-    with open(DATA) as f:
-        return [json.loads(line)["question"] for _, line in zip(range(k), f, strict=False)]
+    """The questions of the first ``k`` GSM8K test problems."""
+    return [q.question for q in gsm8k_first(k)]
 
 
 class HashReward:
@@ -188,8 +186,7 @@ RSS_SCRIPT = """
 import resource, sys, json
 import particlescale
 from particlescale.backends.llamacpp import LlamaCppGenerator
-sys.path.insert(0, {here!r})
-from bench_engine import HashReward, OPTS, problems
+from benchmarks.bench_engine import HashReward, OPTS, problems
 gen = LlamaCppGenerator({model!r})
 reward = HashReward()
 if {judge!r}:
@@ -203,9 +200,9 @@ print(json.dumps({{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 
 
 def peak_rss(judge: str | None) -> dict:
-    code = RSS_SCRIPT.format(here=str(Path(__file__).resolve().parent), model=MODEL, judge=judge)
+    code = RSS_SCRIPT.format(model=MODEL, judge=judge)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, cwd=ROOT)  # the repository root: ``benchmarks`` imports
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -324,4 +321,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     asyncio.run(main())

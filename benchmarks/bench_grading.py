@@ -6,46 +6,31 @@ spacing, ``^\\circ``) and, for the wrong set, the gold answer of the next proble
 include starting the spawned pool (importing sympy in each worker). Writes the
 ``<!-- bench:grading -->`` section of BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/bench_grading.py [--workers 2] [--no-write]
+    .venv/bin/python -m benchmarks.bench_grading [--workers 2] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import time
 from collections import Counter
-from pathlib import Path
 
-from particlescale.answers import last_boxed
+from benchmarks.common import write_section
 from particlescale.eval.datasets import load_dataset
 from particlescale.eval.grading import Grader
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION = "grading"
 TARGET_S = 30.0
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the ``<!-- bench:NAME -->`` section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
-    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def run(workers: int) -> dict:
     ds = load_dataset("math500")
     golds = [p.answer or "" for p in ds.problems]
-    # Problem.metadata keeps short fields only: read the reference solutions from the file.
-    rows = [json.loads(line) for line in Path(ds.source).read_text().splitlines() if line]
-    right = [last_boxed(r["solution"]) for r in rows]
+    # the reference solutions' last \boxed{}, read as the gold field by the same loader
+    right = [p.answer or "" for p in load_dataset("math500", answer_field="solution",
+                                                  extractor="boxed").problems]
     wrong = golds[1:] + golds[:1]
     out = {"n": len(golds), "workers": workers, "cpus": os.cpu_count()}
     t0 = time.perf_counter()
@@ -92,7 +77,7 @@ def main() -> None:
     body = f"""
 ## Grading (math-verify in a process pool + exact numbers)
 
-`python benchmarks/bench_grading.py` — {r['n']} MATH500 answers, {r['workers']} worker
+`python -m benchmarks.bench_grading` — {r['n']} MATH500 answers, {r['workers']} worker
 processes, {r['cpus']} CPUs, Python {platform.python_version()}. Times include starting the pool.
 
 | prediction set | wall time | verdicts |
@@ -108,7 +93,7 @@ from gold (first 5): {r['disagree_examples']}.
 """
     print(body)
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(SECTION, body, stamp=False)
 
 
 if __name__ == "__main__":

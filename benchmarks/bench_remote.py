@@ -1,10 +1,10 @@
 """bench:remote — particle filtering over HTTP: our request pattern vs one request per particle.
 
-Against the fake vLLM server (tests/fakes/vllm_server.py, run in its own process so the client's
-CPU can be measured alone) with a fixed cost per request: 50 ms latency + 2 ms per generated
-token (the longest choice of a request; choices of one request decode together) + 0.02 ms per
-prompt token. Three request patterns run the same particle filter (same seeds, a constant
-reward so only the generator differs):
+Against the fake vLLM server (``python -m particlescale.testing.fake_vllm``, run in its own
+process so the client's CPU can be measured alone) with a fixed cost per request: 50 ms
+latency + 2 ms per generated token (the longest choice of a request; choices of one request
+decode together) + 0.02 ms per prompt token. Three request patterns run the same particle
+filter (same seeds, a constant reward so only the generator differs):
 
 - ours: one request per distinct parent with ``n`` = its number of children, all parents of
   a step in flight at once (``OpenAIGenerator``);
@@ -18,7 +18,10 @@ per step (``time.process_time`` of this process: HTTP, JSON, the algorithm), i.e
 overhead excluding server time. Targets: ours >= 5x faster than the naive loop at N=64, client
 overhead < 5 ms per step at N=64.
 
-Usage: python benchmarks/bench_remote.py [--seeds 3]
+The naive sessions subclass the library's ``OpenAISession`` and reuse its request building
+(``_prepare``, ``_children``), so both patterns send the same requests but for ``n``.
+
+Usage: python -m benchmarks.bench_remote [--seeds 3]
 """
 
 from __future__ import annotations
@@ -30,20 +33,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from report import write_section  # noqa: E402
-
-from particlescale import Problem, asolve  # noqa: E402
-from particlescale.backends.openai import OpenAIGenerator, OpenAISession  # noqa: E402
-from particlescale.backends.openai.generator import gather_or_cancel  # noqa: E402
-from particlescale.types import Particle, Step  # noqa: E402
-
-from scripted import ScriptedReward  # noqa: E402
+from benchmarks.common import write_section
+from particlescale import Problem, asolve
+from particlescale.backends.openai import OpenAIGenerator, OpenAISession
+from particlescale.backends.openai.generator import gather_or_cancel
+from particlescale.testing.scripted import ScriptedReward
+from particlescale.types import Particle, Step
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 LATENCY, PER_TOKEN, PER_PROMPT_TOKEN = 0.05, 0.002, 0.00002
@@ -142,10 +138,10 @@ async def bare_requests_cpu(url: str, requests: int, reps: int = 40) -> float:
 
 async def main(seeds: int) -> None:
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fakes" / "vllm_server.py"), "--model", MODEL,
+        [sys.executable, "-m", "particlescale.testing.fake_vllm", "--model", MODEL,
          "--latency", str(LATENCY), "--per-token", str(PER_TOKEN),
          "--per-prompt-token", str(PER_PROMPT_TOKEN)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT / "tests")
+        stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}/v1"

@@ -16,9 +16,9 @@
 
 Samples are cached in ``--cache`` (JSON) so the scoring can be re-run without re-sampling.
 Run it alone on the machine:
-``flock /tmp/ps-cpu.lock .venv/bin/python benchmarks/bench_rewards.py``.
+``flock /tmp/ps-cpu.lock .venv/bin/python -m benchmarks.bench_rewards``.
 
-Usage: python benchmarks/bench_rewards.py [--problems 40] [--samples 8] [--judge-problems 8]
+Usage: python -m benchmarks.bench_rewards [--problems 40] [--samples 8] [--judge-problems 8]
        [--judge-seconds 420] [--no-judge] [--resample] [--cache PATH]
 """
 
@@ -29,25 +29,22 @@ import asyncio
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from report import write_section
-
+from benchmarks.common import gsm8k_first, write_section
 from particlescale.aggregation import aggregate
-from particlescale.answers import extract_answer, has_boxed, normalize_answer
-from particlescale.eval.grading import grade_numeric
+from particlescale.algorithms.selection import select_from
+from particlescale.answers import extract_answer, has_boxed
+from particlescale.eval.value_train import is_correct
 from particlescale.models import DEFAULT_MODEL
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.registry import DEFAULT_REWARD, make_reward
+from particlescale.stats import grouped_auc_interval
 from particlescale.types import Particle, Problem, Step, Usage
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "gsm8k_test.jsonl"
 TEMPERATURE = 0.8
 MAX_TOKENS = 400  # per solution (as in MODELS.md's first figures)
 LIVE = 16  # solutions decoding at once
@@ -55,21 +52,6 @@ SEED = 0
 NEVER = "\x00\x00"  # a delimiter that never occurs: sample whole solutions
 CHEAP = ["arith", "logprob", "arith*logprob", "0.5*arith+logprob", "2*arith+logprob"]
 JUDGED = ["judge", "judge*arith", "judge*arith*logprob"]
-
-
-def load_problems(n: int) -> list[Problem]:
-    out = []
-    with DATA.open() as f:
-        for i, line in zip(range(n), f, strict=False):
-            row = json.loads(line)
-            gold = row["answer"].split("####")[-1].strip()
-            out.append(Problem(question=row["question"], id=f"gsm8k-test-{i}", answer=gold))
-    return out
-
-
-def is_correct(gold: str, steps: list[str]) -> bool:
-    g = grade_numeric(gold, extract_answer("\n\n".join(steps)), lenient=True)
-    return bool(g and g.correct)
 
 
 def split_steps(step: Step) -> list[dict]:
@@ -125,7 +107,8 @@ async def sample_all(problems: list[Problem], s: int, done: dict[str, dict],
             await session.aclose()
         sols = [{"steps": split_steps(step)} for step in whole]
         for sol in sols:
-            sol["correct"] = is_correct(p.answer or "", [st["text"] for st in sol["steps"]])
+            sol["correct"] = is_correct(p.answer or "",
+                                        "\n\n".join(st["text"] for st in sol["steps"]))
         done[p.id] = {"id": p.id, "question": p.question, "gold": p.answer, "samples": sols}
         save({"wall_s": time.perf_counter() - t0, "generated_tokens": usage.generated_tokens,
               "prompt_tokens": usage.prompt_tokens})
@@ -164,50 +147,35 @@ async def score_all(rows: list[dict], spec: str, close: bool = True) -> tuple[li
     return scores, time.perf_counter() - t0
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels], scores[~labels]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
-
-
 def auc_ci(scores: list[list[float]], labels: list[list[bool]], n_boot: int = 400
            ) -> tuple[float, float, float]:
     """Pooled AUC and a 95% bootstrap interval resampling whole problems."""
-    s = [np.asarray(x, dtype=np.float64) for x in scores]
-    y = [np.asarray(x, dtype=bool) for x in labels]
-    point = auc(np.concatenate(s), np.concatenate(y))
-    rng = np.random.default_rng(SEED)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(s), len(s))
-        boots.append(auc(np.concatenate([s[i] for i in idx]), np.concatenate([y[i] for i in idx])))
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
-    return point, float(lo), float(hi)
+    groups = np.concatenate([np.full(len(x), k) for k, x in enumerate(scores)])
+    return grouped_auc_interval(np.concatenate(labels).astype(int), np.concatenate(scores),
+                                groups, np.random.default_rng(SEED), n_boot)
+
+
+def chosen_correct(row: dict, weights: list[float], selector: str) -> bool:
+    """Is the answer the library's ``selector`` picks among the row's solutions correct?
+    (Each answer's verdict was graded once, at sampling.)"""
+    answers = [extract_answer("\n\n".join(s["text"] for s in sol["steps"]))
+               for sol in row["samples"]]
+    verdict = {a: bool(sol["correct"]) for a, sol in zip(answers, row["samples"], strict=True)}
+    chosen = select_from(answers, weights, selector)
+    return chosen is not None and verdict[chosen]
 
 
 def picks(rows: list[dict], scores: list[list[float]]) -> tuple[float, float]:
-    """Accuracy of best-of-S and weighted majority@S under these scores."""
-    best = wmaj = 0
-    for row, sc in zip(rows, scores, strict=True):
-        sols = row["samples"]
-        best += sols[int(np.argmax(sc))]["correct"]
-        totals: dict[str, float] = defaultdict(float)
-        first: dict[str, dict] = {}
-        for sol, v in zip(sols, sc, strict=True):
-            key = normalize_answer(extract_answer("\n\n".join(s["text"] for s in sol["steps"])))
-            if key is None:
-                continue
-            totals[key] += v
-            first.setdefault(key, sol)
-        if totals:
-            wmaj += first[max(totals, key=totals.__getitem__)]["correct"]
+    """Accuracy of best-of-S (``argmax``) and weighted majority@S (``weighted-vote``) under
+    these scores."""
+    best = sum(chosen_correct(r, sc, "argmax") for r, sc in zip(rows, scores, strict=True))
+    wmaj = sum(chosen_correct(r, sc, "weighted-vote") for r, sc in zip(rows, scores, strict=True))
     return best / len(rows), wmaj / len(rows)
 
 
 def baselines(rows: list[dict]) -> dict[str, float]:
     n = len(rows)
-    maj = sum(picks([r], [[1.0] * len(r["samples"])])[1] for r in rows) / n
+    maj = sum(chosen_correct(r, [1.0] * len(r["samples"]), "vote") for r in rows) / n
     any_ok = sum(any(s["correct"] for s in r["samples"]) for r in rows) / n
     single = float(np.mean([s["correct"] for r in rows for s in r["samples"]]))
     return {"majority": maj, "pass": any_ok, "single": single}
@@ -239,7 +207,7 @@ def main() -> int:
                     default=Path("/tmp/particlescale-bench/rewards_samples.json"))
     args = ap.parse_args()
 
-    problems = load_problems(args.problems)
+    problems = gsm8k_first(args.problems)
     key = {"samples": args.samples, "model": DEFAULT_MODEL,
            "temperature": TEMPERATURE, "max_tokens": MAX_TOKENS, "seed": SEED}
     cached = json.loads(args.cache.read_text()) if args.cache.exists() else {}

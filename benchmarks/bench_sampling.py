@@ -4,20 +4,16 @@ of every solution ends before the next starts) and with ``extend_to_end`` (each 
 on as soon as its step ends). Alternated twice; reports wall time, decode calls and tokens
 per decode call (how full the batches are).
 
-Usage: python benchmarks/bench_sampling.py [--problems 2] [--samples 8] [--concurrency 1]
+Usage: python -m benchmarks.bench_sampling [--problems 2] [--samples 8] [--concurrency 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from report import write_section
-
+from benchmarks.common import write_section
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.value_train import sample_problem

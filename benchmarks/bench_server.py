@@ -13,7 +13,7 @@
 
 Writes the ``<!-- bench:server -->`` section of BENCHMARKS.md. Run it alone (it loads a model):
 
-    flock /tmp/ps-cpu.lock .venv/bin/python benchmarks/bench_server.py [--model qwen2.5-0.5b]
+    flock /tmp/ps-cpu.lock .venv/bin/python -m benchmarks.bench_server [--model qwen2.5-0.5b]
 """
 
 from __future__ import annotations
@@ -22,25 +22,17 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from report import write_section  # noqa: E402
-
-from particlescale import asolve  # noqa: E402
-from particlescale.server import ServerConfig  # noqa: E402
-from particlescale.wiring import Wired  # noqa: E402
-from server_harness import LiveServer  # noqa: E402
-
-from scripted import ScriptedGenerator, ScriptedReward  # noqa: E402
+from benchmarks.common import write_section
+from particlescale import asolve
+from particlescale.server import ServerConfig
+from particlescale.testing.live_server import LiveServer
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
+from particlescale.wiring import Wired
 
 QUESTIONS = [
     "What is 17 + 25?",

@@ -27,12 +27,12 @@ step waits for its longest sequence while the finished ones leave their cores id
 Run it only on an idle machine: it refuses while ``bench_reference_study`` runs (``--force``
 to measure anyway; the numbers are then meaningless). About 10 min on 2 cores:
 
-    flock /tmp/ps-cpu.lock .venv/bin/python benchmarks/bench_sweep.py
+    flock /tmp/ps-cpu.lock .venv/bin/python -m benchmarks.bench_sweep
     # a check of the script without a model (no engine: no peak, no decode figures):
-    .venv/bin/python benchmarks/bench_sweep.py --generator py:tests/eval_plugin.py:generator \\
+    .venv/bin/python -m benchmarks.bench_sweep --generator py:tests/eval_plugin.py:generator \\
         --reward py:tests/eval_plugin.py:reward --no-write
     # where "other" goes: pip install py-spy, then
-    py-spy record -r 50 --idle -o /tmp/sweep.svg -- .venv/bin/python benchmarks/bench_sweep.py \\
+    py-spy record -r 50 --idle -o /tmp/sweep.svg -- .venv/bin/python -m benchmarks.bench_sweep \\
         --concurrency 1 --no-write
 
 Writes the ``sweep`` section of BENCHMARKS.md (unless ``--no-write``) and prints JSON.
@@ -53,9 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section
-
+from benchmarks.common import write_section
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.specs import parse_methods
 from particlescale.eval.store import RESULTS, load_rows
@@ -136,7 +134,7 @@ async def sweep(cfg: SweepConfig, generator: Any, reward: TimedReward) -> dict[s
 
 
 async def peak(engine: Any, ks: list[int]) -> dict[int, float]:
-    from bench_engine import throughput
+    from benchmarks.bench_engine import throughput
 
     return {k: await throughput(engine, k) for k in ks}
 

@@ -8,7 +8,7 @@ first frame after it; the time a click on a node takes to fill the detail panel 
 ancestry (to the next frame); the same page with two such traces side by side. Medians of
 ``--repeat`` loads. Writes the ``<!-- bench:viewer -->`` section of BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/bench_viewer.py [--repeat 5] [--no-write]
+    .venv/bin/python -m benchmarks.bench_viewer [--repeat 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the scripted generator lives with the tests
-
-from particlescale.viewer import render_html  # noqa: E402
-from viewer_traces import make_trace, particle_steps  # noqa: E402
+from benchmarks.common import write_section
+from particlescale.testing.traces import make_trace, particle_steps
+from particlescale.viewer import render_html
 
 SECTION = "viewer"
 TARGET_S = 3.0
@@ -53,17 +50,6 @@ CLICK_JS = """() => new Promise(resolve => {
 })"""
 FRAME_JS = ("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame("
             "() => r(performance.now()))))")
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the ``<!-- bench:NAME -->`` section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
-    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def measure(page, url: str, repeat: int) -> dict[str, float]:
@@ -129,7 +115,7 @@ def main() -> int:
     ])
     body = f"""## Trace viewer: 128 particles x 40 steps
 
-`benchmarks/bench_viewer.py`: a real `pf` trace (budget 128, 40 steps, scripted generator:
+`python -m benchmarks.bench_viewer`: a real `pf` trace (budget 128, 40 steps, scripted generator:
 {n} nodes) drawn by `particlescale view` in headless Chromium {version} (software rendering,
 {os.cpu_count()} CPUs, {platform.machine()}); medians of {args.repeat} page loads.
 
@@ -140,7 +126,7 @@ alone takes {r1['handler_ms']:.1f} ms (one trace). Target: under {TARGET_S:g} s 
 the first frame of a 128 x 40 trace: {verdict} ({r1['frame_ms'] / 1000:.2f} s)."""
     print(body)
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(SECTION, body, stamp=False)
     return 0
 
 

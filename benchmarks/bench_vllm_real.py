@@ -16,7 +16,7 @@ PRM scoring: the trajectories of a step scored by one ``/pooling`` request per b
 vs one request per prefix. A CPU server decodes far slower than a GPU one, so the ratios here
 show the request pattern's cost on a compute-bound server, not GPU figures.
 
-Usage: python benchmarks/bench_vllm_real.py [--budgets 8,16,32] [--steps 2] [--tokens 32]
+Usage: python -m benchmarks.bench_vllm_real [--budgets 8,16,32] [--steps 2] [--tokens 32]
 """
 
 from __future__ import annotations
@@ -31,20 +31,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_remote import BenchGenerator  # noqa: E402
-from report import write_section  # noqa: E402
-
-from particlescale import Problem, asolve  # noqa: E402
-from particlescale.rewards.vllm_prm import VllmPRM  # noqa: E402
-from particlescale.types import Step, Usage  # noqa: E402
-
-from scripted import ScriptedReward  # noqa: E402
-from vllm_real import harness  # noqa: E402
-from vllm_real.harness import GEN_NAME, VllmServer  # noqa: E402
+from benchmarks.bench_remote import BenchGenerator
+from benchmarks.common import write_section
+from particlescale import Problem, asolve
+from particlescale.rewards.vllm_prm import VllmPRM
+from particlescale.testing import vllm_real as harness
+from particlescale.testing.scripted import ScriptedReward
+from particlescale.testing.vllm_real import GEN_NAME, VllmServer
+from particlescale.types import Step, Usage
 
 QUESTION = "A baker makes 3 trays of 12 cookies and sells 20. How many cookies are left?"
 

@@ -1,35 +1,58 @@
-"""Run every benchmark script in this folder, one after the other (each rewrites its own
-section of BENCHMARKS.md). Usage: python benchmarks/run_all.py [NAME ...]"""
+"""Run every benchmark module (``benchmarks/bench_*.py`` and ``benchmarks/value/bench_*.py``),
+one after the other, each as ``python -m benchmarks...`` from the repository root (each
+rewrites its own section of BENCHMARKS.md).
+
+Usage: python -m benchmarks.run_all [--list] [NAME ...]   (NAME: ``engine``, ``value_budget``...)
+"""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).parent
+from benchmarks.common import ROOT
+
+HERE = ROOT / "benchmarks"
 # These read shards sampled by hours of CPU (train-prm, bench_value --work) and take their
-# paths as arguments (see each script's docstring); run them by hand, not from here.
+# paths as arguments (see each module's docstring); run them by hand, not from here.
 NEEDS_DATA = {"value", "value_features", "value_data"}
 
 
-def main(names: list[str]) -> int:
-    scripts = sorted(HERE.glob("bench_*.py"))
-    if names:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
-    for script in [s for s in scripts if s.stem.removeprefix("bench_") in NEEDS_DATA]:
-        print(f"== {script.name}: skipped, needs sampled shards as arguments (see its "
-              f"docstring: python {script} --help)", flush=True)
-    scripts = [s for s in scripts if s.stem.removeprefix("bench_") not in NEEDS_DATA]
+def modules() -> dict[str, str]:
+    """Benchmark name (``bench_`` dropped) -> module to run with ``python -m``."""
+    out = {}
+    for path in sorted([*HERE.glob("bench_*.py"), *HERE.glob("value/bench_*.py")]):
+        rel = path.relative_to(ROOT).with_suffix("")
+        out[path.stem.removeprefix("bench_")] = ".".join(rel.parts)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", metavar="NAME", help="only these benchmarks")
+    ap.add_argument("--list", action="store_true", help="print the modules and exit")
+    args = ap.parse_args(argv)
+    found = modules()
+    unknown = sorted(set(args.names) - set(found))
+    if unknown:
+        ap.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(found)}")
+    chosen = {n: m for n, m in found.items() if not args.names or n in args.names}
+    if args.list:
+        print("\n".join(chosen.values()))
+        return 0
+    for name in sorted(set(chosen) & NEEDS_DATA):
+        print(f"== {chosen.pop(name)}: skipped, needs sampled shards as arguments "
+              f"(python -m {found[name]} --help)", flush=True)
     failed = []
-    for script in scripts:
-        print(f"== {script.name}", flush=True)
-        if subprocess.call([sys.executable, str(script)]) != 0:
-            failed.append(script.name)
+    for module in chosen.values():
+        print(f"== {module}", flush=True)
+        if subprocess.call([sys.executable, "-m", module], cwd=ROOT) != 0:
+            failed.append(module)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -20,21 +20,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
-from record import read_record
-from report import write_section
 
+from benchmarks.bench_reference_study import NOISE_B, RUNS, TEMPERATURE, phase_key
+from benchmarks.common import write_section
+from benchmarks.record import read_record
 from particlescale.algorithms.common import aggregation_for, candidates_from
 from particlescale.algorithms.selection import select_answer
-from particlescale.eval.report import budget_multiplier, cells_from_rows, wilson
+from particlescale.eval.report import budget_multiplier, cells_from_rows
 from particlescale.rewards.registry import make_reward
+from particlescale.stats import paired_bootstrap, wilson
 from particlescale.types import Particle, Problem, Step, Usage
 
 BUDGETS = (1, 2, 4, 8, 16)
 TIERS = {"A": "reference", "B": f"reference:noise={NOISE_B:g}", "C": "arith*logprob"}
 TIER_TITLES = {"A": "A: answer-key PRM (reference, noise 0)",
-               "B": f"B: reference at noise {NOISE_B:g} (within-problem step AUC ≈ 0.75)",
+               "B": f"B: reference at noise {NOISE_B:g} (within-problem step AUC ≈ 0.55, "
+                    "outcome AUC ≈ 0.91)",
                "C": "C: CPU reward arith*logprob"}
+TIER_NOTES = {
+    "A": "At noise 0 a finished particle is scored by the answer key itself (outcome AUC 1.00), "
+         "so best-of-n and weighted-best-of-n pick a correct answer whenever one was sampled: "
+         "they equal pass@N, an oracle verifier. pf can only beat them by raising the chance "
+         "that its final population holds a correct answer (compare the pass@N line).",
+    "B": "Noise in logit space, fresh for every prefix: partial solutions are ranked barely "
+         "above chance, final answers still well (BENCHMARKS `reference-quality`).",
+    "C": "The CPU default reward: step AUC at chance, outcome AUC about 0.69.",
+}
 # baseline -> (selector, weighted by the reward)
 BASELINES = {"self-consistency": ("vote", False), "best-of-n": ("argmax", True),
              "weighted-best-of-n": ("weighted-vote", True)}
@@ -120,10 +131,8 @@ def cell_text(k: int, n: int) -> str:
 
 def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> str:
     """Mean of ``a - b`` (per problem, 0/1) with a 95% paired bootstrap interval."""
-    d = a.astype(float) - b.astype(float)
-    boot = d[rng.integers(0, len(d), (4000, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return f"{100 * d.mean():+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    d, lo, hi = paired_bootstrap(a, b, rng, draws=4000)
+    return f"{100 * d:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
@@ -136,7 +145,7 @@ def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
     methods = list(dict.fromkeys(r["method"] for r in rows))
     base = [m for m in methods if m.split(" (")[0] in BASELINES]
     runs = [m for m in methods if m not in base]
-    lines = [f"### Tier {TIER_TITLES[tier]}", "",
+    lines = [f"### Tier {TIER_TITLES[tier]}", "", TIER_NOTES[tier], "",
              "| method | " + " | ".join(f"N={b}" for b in BUDGETS) + " | tokens/problem |",
              "|---|" + "---|" * (len(BUDGETS) + 1)]
     curves: dict[str, list[tuple[int, float]]] = {}

@@ -30,7 +30,7 @@ TEST_MODEL = "smollm2-135m"
 SUBSTITUTIONS = {"qwen2.5-0.5b": TEST_MODEL}
 CAPS = {"max_steps": 2, "max_step_tokens": 16}  # per run: the calls are checked, not answers
 # Files a page may link to before they exist, and who writes them.
-PENDING = {"benchmarks/results/scaling.png": "drawn by benchmarks/bench_reference_study.py"}
+PENDING: dict[str, str] = {}
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip:\s*(.+?)\s*-->")
 
 
@@ -147,9 +147,10 @@ def parse_cli(where: str, args: list[str]) -> Any:
 
 
 @cache
-def script_help(script: str) -> str:
-    proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+def module_help(module: str) -> str:
+    """``python -m MODULE --help`` from the repository root (benchmarks are a package there)."""
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -171,12 +172,17 @@ def check_bash(page: str, text: str) -> int:
             if tokens[0] == "particlescale":
                 parse_cli(where, tokens[1:])
             elif tokens[0] == "python" and len(tokens) > 1 and tokens[1].startswith("benchmarks/"):
-                if not (ROOT / tokens[1]).is_file():
-                    raise DocError(f"{where}: no script {tokens[1]}")
-                shown = script_help(tokens[1])
-                for f in flags(tokens[2:]):
+                raise DocError(f"{where}: benchmarks run as modules from the repository root: "
+                               f"python -m {tokens[1].removesuffix('.py').replace('/', '.')}")
+            elif tokens[:2] == ["python", "-m"] and len(tokens) > 2 and tokens[2].startswith(
+                    "benchmarks."):
+                module = tokens[2]
+                if not (ROOT / (module.replace(".", "/") + ".py")).is_file():
+                    raise DocError(f"{where}: no benchmark module {module}")
+                shown = module_help(module)
+                for f in flags(tokens[3:]):
                     if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", shown):
-                        raise DocError(f"{where}: {f} is not in '{tokens[1]} --help'")
+                        raise DocError(f"{where}: {f} is not in 'python -m {module} --help'")
             elif tokens[0] == "make":
                 for target in (t for t in tokens[1:] if not t.startswith("-") and "=" not in t):
                     if target not in make_targets():

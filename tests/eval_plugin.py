@@ -2,11 +2,11 @@
 
 ``particlescale eval --generator py:tests/eval_plugin.py:generator --reward
 py:tests/eval_plugin.py:reward`` runs the real CLI, store, grading and report over the
-scripted backends of ``tests/scripted.py``: no model, exact and fast. A solution is two steps,
-the second ends in ``\\boxed{k}`` with k in 1..3 (probabilities 0.2 / 0.5 / 0.3); the reward
-prefers ``\\boxed{2}``. A question containing ``FAIL`` makes the backend raise (an isolated
-problem failure); ``PS_TEST_STEP_DELAY`` (seconds) slows each step so a run can be killed
-mid-way.
+scripted backends of ``particlescale.testing.scripted``: no model, exact and fast. A
+solution is two steps, the second ends in ``\\boxed{k}`` with k in 1..3 (probabilities 0.2 /
+0.5 / 0.3); the reward prefers ``\\boxed{2}``. A question containing ``FAIL`` makes the
+backend raise (an isolated problem failure); ``PS_TEST_STEP_DELAY`` (seconds) slows each step
+so a run can be killed mid-way.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from particlescale.errors import BackendError
-
-from scripted import ScriptedGenerator, ScriptedReward
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 
 FINAL = {"Then \\boxed{1}": 0.2, "Then \\boxed{2}": 0.5, "Then \\boxed{3}": 0.3}
 

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from particlescale.testing.scripted import enumerate_paths
 from particlescale.types import Particle, Step
-
-from scripted import enumerate_paths
 
 HORIZON = 4
 EOS = frozenset({"C"})
@@ -43,9 +42,8 @@ def abc(prefix: tuple[str, ...]) -> dict[str, float]:
 def sticky_session(seed: int):
     """(rng, a scripted session over ``sticky``, its usage, the parity reward)."""
     from particlescale.protocols import SamplingParams
+    from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
     from particlescale.types import Problem, Usage
-
-    from scripted import ScriptedGenerator, ScriptedReward
 
     rng = np.random.default_rng(seed)
     gen = ScriptedGenerator(sticky, horizon=HORIZON, eos_steps=EOS)

@@ -16,9 +16,8 @@ from particlescale.algorithms.common import IdSource
 from particlescale.algorithms.config import PFConfig
 from particlescale.algorithms.pf import sweep
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.types import Particle, Step, Trace, Usage
-
-from scripted import ScriptedGenerator, ScriptedReward
 
 
 def coin(prefix: tuple[str, ...]) -> dict[str, float]:

@@ -29,10 +29,10 @@ from particlescale.algorithms.config import PGConfig
 from particlescale.algorithms.pf import sweep
 from particlescale.algorithms.smc_methods import _draw_reference
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 from particlescale.types import Step, Trace, Usage
 
 from invariance import EOS, HORIZON, as_particle, chi_square_p, parity_reward, sticky, target
-from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 
 DRAWS = 3000
 reward = parity_reward

@@ -21,9 +21,8 @@ from engines import engine_for
 from particlescale import solve
 from particlescale.backends.llamacpp.sampling import proposal_logprob
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedReward
 from particlescale.types import Particle, Problem, Step, Usage
-
-from scripted import ScriptedReward
 
 MODEL = "smollm2-135m"
 QUESTION = "What is 12 times 4?"

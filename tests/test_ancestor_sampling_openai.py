@@ -15,10 +15,9 @@ import pytest
 from particlescale import ConfigError, Problem, solve
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.protocols import SamplingParams
+from particlescale.testing.fake_vllm import FakeVLLM, tokenize
+from particlescale.testing.scripted import ScriptedReward
 from particlescale.types import Particle, Step, Usage
-
-from fakes.vllm_server import FakeVLLM, tokenize
-from scripted import ScriptedReward
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 QUESTION = "What is 40 + 2?"

@@ -12,9 +12,8 @@ import pytest
 
 from particlescale.backends.openai import OpenAIGenerator, wire
 from particlescale.errors import BackendError, ConfigError
+from particlescale.testing.fake_vllm import Fault
 from test_openai_backend import MODEL, completion_bodies, extend, fake, gen_for, particle
-
-from fakes.vllm_server import Fault
 
 __all__ = ["fake"]  # the fixture, shared with test_openai_backend
 

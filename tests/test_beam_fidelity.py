@@ -8,9 +8,8 @@ from collections import Counter
 
 from particlescale import solve
 from particlescale.algorithms.beam import refill_counts
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.types import Result, TraceStep
-
-from scripted import ScriptedGenerator, ScriptedReward
 
 
 def boxed(prefix: tuple[str, ...]) -> dict[str, float]:

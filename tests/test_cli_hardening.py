@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from particlescale.eval.store import RESULTS, load_rows
+from particlescale.testing.fake_vllm import FakeVLLM, Fault
 from test_cli_solve import run_main
 from test_eval_sweep import CLI, GEN, REPO, REW, run_cli, tiny_dataset
-
-from fakes.vllm_server import FakeVLLM, Fault
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 Q = "What is 2 + 2?"

@@ -4,7 +4,8 @@
   A block written as a doctest (``>>>`` lines) has its output checked too (ELLIPSIS on).
 - Every ```bash line running ``particlescale`` is parsed by the real CLI (the command exists,
   it accepts every flag and value; nothing runs) and every flag it uses is in that command's
-  ``--help``; ``python benchmarks/X.py`` names a script whose ``--help`` lists its flags;
+  ``--help``; ``python -m benchmarks.X`` names a benchmark module whose ``--help`` lists its
+  flags (a ``python benchmarks/X.py`` line is refused: benchmarks are a package);
   ``make X`` names a Makefile target.
 - Every ```toml block loads as a ``particlescale serve --config`` file.
 - Every relative link and image points to a file that exists, and every ``#anchor`` to one of
@@ -20,8 +21,9 @@ checked, not their answers):
   ``make_config`` is wrapped, so ``solve``, ``asolve`` and ``eval`` runs are all capped). A
   page that then loads a model is marked ``model``.
 - ``http://host:8000/v1`` and ``http://host:8001`` (a vLLM generator and a vLLM PRM) become
-  the repository's fake vLLM (``tests/fakes``), over real HTTP; ``http://127.0.0.1:8000`` (a
-  ``particlescale serve``) becomes a real ``particlescale serve`` process in front of it.
+  the repository's fake vLLM (``particlescale.testing.fake_vllm``), over real HTTP;
+  ``http://127.0.0.1:8000`` (a ``particlescale serve``) becomes a real ``particlescale serve``
+  process in front of it.
 - A trace file that a page's python reads and its ``solve --trace FILE`` line writes is
   written first by that line's method, budget and seed, against the fake vLLM.
 
@@ -70,7 +72,7 @@ FAKE_LM_MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 
 @pytest.fixture(scope="module")
 def fake_lm() -> Iterator[Any]:
-    from fakes.vllm_server import FakeVLLM
+    from particlescale.testing.fake_vllm import FakeVLLM
 
     with FakeVLLM(model=FAKE_LM_MODEL) as fake:
         yield fake
@@ -78,7 +80,7 @@ def fake_lm() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def fake_prm() -> Iterator[Any]:
-    from fakes.vllm_server import FakeVLLM
+    from particlescale.testing.fake_vllm import FakeVLLM
 
     with FakeVLLM(runner="pooling", model="Qwen/Qwen2.5-Math-PRM-7B") as fake:
         yield fake
@@ -216,6 +218,11 @@ MUTANTS = [
     ("docs/value-heads.md", "--pf-budgets 8 --pf-problems", "--pf-budget 8 --pf-problems", "bash",
      "--pf-budget is not in"),
     ("docs/development.md", "make bench ", "make benchmarks ", "bash", "target 'benchmarks'"),
+    ("docs/value-heads.md", "python -m benchmarks.value.bench_value_budget --minutes",
+     "python benchmarks/value/bench_value_budget.py --minutes", "bash", "run as modules"),
+    ("docs/value-heads.md", "benchmarks.value.bench_value_steps --minutes",
+     "benchmarks.bench_value_steps --minutes", "bash",
+     "no benchmark module benchmarks.bench_value_steps"),
     ("docs/server.md", "max_budget = 64", "max_budjet = 64", "toml", "max_budjet"),
     ("README.md", "methods.md#what-each-method-samples", "methods.md#what-each-method-sample",
      "links", "no heading #what-each-method-sample"),

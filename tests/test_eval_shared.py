@@ -15,10 +15,9 @@ from particlescale.eval.shared import Recording, Replay, ReplayMismatch
 from particlescale.eval.store import RESULTS, load_rows
 from particlescale.eval.sweep import run_sweep
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 from particlescale.types import Particle, Problem, Usage
 from test_eval_sweep import config, latest
-
-from scripted import ScriptedGenerator, ScriptedReward, ScriptedSession
 
 BASELINES = ("self-consistency", "best-of-n", "weighted-best-of-n")
 

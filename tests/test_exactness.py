@@ -21,10 +21,10 @@ import pytest
 
 from particlescale import solve
 from particlescale.aggregation import aggregate
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 from particlescale.types import STEP_SEPARATOR
 
 from invariance import abc
-from scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 
 HORIZON = 4
 EOS = frozenset({"C"})

@@ -3,6 +3,7 @@ import each other in a circle.
 
 Layers, top to bottom (a module may import its own layer's package and anything below)::
 
+    testing    testing (helpers the tests and benchmarks share: scripted models, live servers)
     faces      cli, server, __main__
     eval       eval (datasets, grading, sweeps, reports, training of value heads)
     viewer     the trace viewer (HTML from traces; the harness and the CLI call it)
@@ -24,8 +25,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "particlescale"
 
 RANK = {"base": 0, "edge": 1, "smc": 1, "algorithms": 2, "api": 3, "wiring": 3, "viewer": 3.5,
-        "eval": 4, "faces": 5}
+        "eval": 4, "faces": 5, "testing": 6}
 LAYER = {
+    "testing": "testing",
     "cli": "faces", "server": "faces", "viewer": "viewer", "__main__": "faces",
     "eval": "eval", "api": "api", "algorithms": "algorithms", "smc": "smc",
     "backends": "edge", "rewards": "edge", "models": "edge", "hf_export": "edge",

@@ -19,9 +19,8 @@ from particlescale.backends.llamacpp.sampling import sample_row, sample_rows
 from particlescale.backends.llamacpp.steptext import StepText, utf8_complete_prefix
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedReward
 from particlescale.types import Particle, Problem, Usage
-
-from scripted import ScriptedReward
 
 MODEL = "smollm2-135m"
 NEVER = "@@@@"  # a delimiter the model does not write: steps end at EOS or the token cap

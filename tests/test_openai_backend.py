@@ -24,10 +24,15 @@ from particlescale.errors import BackendError, ConfigError
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.vllm_prm import VllmPRM
+from particlescale.testing.fake_vllm import (
+    OPENAI_COMPLETION_FIELDS,
+    FakeVLLM,
+    Fault,
+    chatml,
+    tokenize,
+)
+from particlescale.testing.scripted import ScriptedReward
 from particlescale.types import Particle, Step, Usage
-
-from fakes.vllm_server import OPENAI_COMPLETION_FIELDS, FakeVLLM, Fault, chatml, tokenize
-from scripted import ScriptedReward
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 QUESTION = "What is 40 + 2?"

@@ -15,9 +15,8 @@ from engines import need
 from particlescale import asolve
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.rewards.registry import make_reward
+from particlescale.testing.fake_vllm import FakeVLLM
 from particlescale.types import Problem
-
-from fakes.vllm_server import FakeVLLM
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 

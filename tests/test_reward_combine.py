@@ -12,9 +12,8 @@ from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.cache import PrefixCache
 from particlescale.rewards.combine import Combined, parse_spec
 from particlescale.rewards.logprob import LogprobReward
+from particlescale.testing.scripted import ScriptedReward
 from particlescale.types import Problem, Step, Usage
-
-from scripted import ScriptedReward
 
 
 def steps(*pairs: tuple[str, float, int]) -> list[Step]:

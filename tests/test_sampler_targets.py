@@ -32,6 +32,7 @@ from particlescale.algorithms.config import PGConfig
 from particlescale.algorithms.pf import next_beta, sweep
 from particlescale.algorithms.smc_methods import _draw_reference, swap_references
 from particlescale.smc import ess, normalize
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 from particlescale.types import Trace
 
 from invariance import (
@@ -45,7 +46,6 @@ from invariance import (
     sticky_session,
     target,
 )
-from scripted import ScriptedGenerator, ScriptedReward, enumerate_paths
 
 SEEDS = 16
 

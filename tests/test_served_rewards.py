@@ -17,9 +17,8 @@ from particlescale.rewards.math_shepherd import MathShepherdPRM
 from particlescale.rewards.registry import make_reward
 from particlescale.rewards.remote_judge import RemoteJudge, p_yes
 from particlescale.rewards.vllm_prm import VllmPRM
+from particlescale.testing.fake_vllm import OPENAI_CHAT_FIELDS, FakeVLLM, Fault, default_prm
 from particlescale.types import Step, Usage
-
-from fakes.vllm_server import OPENAI_CHAT_FIELDS, FakeVLLM, Fault, default_prm
 
 PRM_MODEL = "Qwen/Qwen2.5-Math-PRM-7B"
 SHEPHERD_MODEL = "peiyi9979/math-shepherd-mistral-7b-prm"

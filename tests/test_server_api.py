@@ -18,11 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from particlescale import solve
 from particlescale.protocols import SamplingParams
 from particlescale.server import ServerConfig
+from particlescale.testing.live_server import LiveServer, SlowGenerator
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.types import Problem, Usage
 from particlescale.wiring import Wired
-from server_harness import LiveServer, SlowGenerator
-
-from scripted import ScriptedGenerator, ScriptedReward
 
 QUESTION = "What is 2 + 2?"
 STEPS = {"Add 2 and 2. ": 0.5, "So \\boxed{4}.": 0.3, "So \\boxed{5}.": 0.2}

@@ -17,8 +17,7 @@ import pytest
 
 from particlescale.errors import ConfigError
 from particlescale.server import load_config
-
-from fakes.vllm_server import FakeVLLM
+from particlescale.testing.fake_vllm import FakeVLLM
 
 TOML = """
 reward = "arith"

@@ -1,6 +1,7 @@
-"""Upstream failures through the server: the faithful fake vLLM server (tests/fakes) behind the
-OpenAI-compatible generator answers 500s, times out, drops connections or goes away; the server
-answers 502/504 with the upstream error summarised, stays healthy, and serves the next request.
+"""Upstream failures through the server: the faithful fake vLLM server
+(``particlescale.testing.fake_vllm``) behind the OpenAI-compatible generator answers 500s, times
+out, drops connections or goes away; the server answers 502/504 with the upstream error
+summarised, stays healthy, and serves the next request.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import pytest
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.rewards.registry import make_reward
 from particlescale.server import ServerConfig
+from particlescale.testing.fake_vllm import FakeVLLM, Fault
+from particlescale.testing.live_server import LiveServer
 from particlescale.wiring import Wired
-from server_harness import LiveServer
-
-from fakes.vllm_server import FakeVLLM, Fault
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 BODY = {"messages": [{"role": "user", "content": "What is 40 + 2?"}], "budget": 2, "seed": 0,

@@ -22,11 +22,10 @@ from particlescale.algorithms import METHODS
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.rewards.registry import make_reward
 from particlescale.server import ServerConfig
+from particlescale.testing.fake_vllm import FakeVLLM, Fault
+from particlescale.testing.live_server import LiveServer
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.wiring import Wired
-from server_harness import LiveServer
-
-from fakes.vllm_server import FakeVLLM, Fault
-from scripted import ScriptedGenerator, ScriptedReward
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 KEY = "test-key"

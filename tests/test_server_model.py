@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from particlescale.server import ServerConfig
+from particlescale.testing.live_server import LiveServer
 from particlescale.wiring import Wired
-from server_harness import LiveServer
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m"

@@ -19,10 +19,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from particlescale.server import ServerConfig
+from particlescale.testing.live_server import LiveServer
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.wiring import Wired
-from server_harness import LiveServer
-
-from scripted import ScriptedGenerator, ScriptedReward
 
 STEPS = {"Add 2 and 2. ": 0.5, "So \\boxed{4}.": 0.5}
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE

@@ -9,9 +9,8 @@ import numpy as np
 
 from particlescale.eval.value_train import mc_labels
 from particlescale.protocols import SamplingParams
+from particlescale.testing.scripted import ScriptedGenerator
 from particlescale.types import Particle, Problem, Step, Usage
-
-from scripted import ScriptedGenerator
 
 # After "A" the answer is right with probability 0.8, after "B" with 0.1.
 P_RIGHT = {"A": 0.8, "B": 0.1}

@@ -18,10 +18,10 @@ import pytest
 
 from particlescale.answers import normalize_answer
 from particlescale.cli.view import math_verify_grader
+from particlescale.testing.traces import GOLD, HOSTILE, make_trace, particle_steps, solve_in_thread
 from particlescale.types import Trace
 from particlescale.viewer import TraceFileError, load_trace, render_html, trace_view, write_view
 from particlescale.viewer.html import embed_json
-from viewer_traces import GOLD, HOSTILE, make_trace, particle_steps, solve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "viewer"

@@ -32,11 +32,10 @@ from particlescale.errors import BackendError
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.math_shepherd import MathShepherdPRM
 from particlescale.rewards.vllm_prm import VllmPRM
+from particlescale.testing import vllm_real as harness
+from particlescale.testing.scripted import ScriptedReward
+from particlescale.testing.vllm_real import GEN_NAME, VllmServer
 from particlescale.types import Particle, Step, Usage
-
-from scripted import ScriptedReward
-from vllm_real import harness
-from vllm_real.harness import GEN_NAME, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -4,7 +4,10 @@
 - ``weighted-vote``: the answer whose candidates' weights sum highest (weighted majority).
 - ``vote``: the answer given by the most particles (self-consistency).
 Answers are compared after :func:`particlescale.answers.normalize_answer`; candidates without an
-answer only win when no candidate has one.
+answer never win: with none answering, there is no answer.
+
+:func:`select_from` applies the same rules to bare lists of answers and weights (stored
+samples re-read offline), so reports pick answers exactly as a run would.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+import numpy as np
+
 from particlescale.answers import normalize_answer
 from particlescale.types import Candidate
+
+SELECTORS: tuple[str, ...] = ("argmax", "weighted-vote", "vote")
 
 
 def select(candidates: Sequence[Candidate], selector: str) -> Candidate | None:
@@ -25,7 +32,7 @@ def select(candidates: Sequence[Candidate], selector: str) -> Candidate | None:
         # is their sum, but the paper picks the single highest-weight particle.
         return max(with_answer, key=lambda c: (c.weight / c.copies, c.score))
     if selector not in ("weighted-vote", "vote"):
-        raise ValueError(f"selector: unknown {selector!r}; choose argmax, weighted-vote, vote")
+        raise ValueError(f"selector: unknown {selector!r}; choose {', '.join(SELECTORS)}")
     totals: dict[str, float] = defaultdict(float)
     first: dict[str, Candidate] = {}
     for c in with_answer:
@@ -41,3 +48,20 @@ def select_answer(candidates: Sequence[Candidate], selector: str) -> str | None:
     """The selected answer string (as the winning candidate wrote it)."""
     c = select(candidates, selector)
     return c.answer if c is not None else None
+
+
+def select_from(answers: Sequence[str | None], weights: Sequence[float] | np.ndarray,
+                selector: str) -> str | None:
+    """The answer ``selector`` picks among independent solutions given as their answers
+    (None: no answer) and weights (any non-negative scale, e.g. a reward's scores; for
+    ``vote`` they only break ties), each solution one candidate in the order given: the
+    same rules, tie-breaks and ``None`` handling as a run's selection."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(answers),):
+        raise ValueError(f"weights: {w.shape[0] if w.ndim == 1 else w.shape} for "
+                         f"{len(answers)} answers; give one weight per answer")
+    if selector not in SELECTORS:
+        raise ValueError(f"selector: unknown {selector!r}; choose {', '.join(SELECTORS)}")
+    cands = [Candidate(text="", answer=a, weight=float(x), score=float(x), steps=0, tokens=0)
+             for a, x in zip(answers, w, strict=True)]
+    return select_answer(cands, selector)

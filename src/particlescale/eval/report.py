@@ -34,19 +34,7 @@ from particlescale.errors import ConfigError
 from particlescale.eval.specs import BUDGET_FREE
 from particlescale.eval.store import RESULTS, load_rows, read_config
 from particlescale.rewards.registry import spec_uses_answer_key
-
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+from particlescale.stats import wilson
 
 
 @dataclass

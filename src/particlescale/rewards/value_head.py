@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from particlescale.errors import ConfigError, ModelError
+from particlescale.stats import auc, within_problem_auc
 
 FORMAT_VERSION = 1
 MIN_EXAMPLES = 50
@@ -155,29 +156,9 @@ def _folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC of scores ``p`` for binary labels ``y``; NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-
-
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p, 1e-9, 1 - 1e-9)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def per_problem_aucs(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """AUC of each problem that has both outcomes (problems with one outcome are left out)."""
-    aucs = np.array([auc(y[groups == g], p[groups == g]) for g in np.unique(groups)])
-    return aucs[~np.isnan(aucs)]
-
-
-def within_problem_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
-    """Mean AUC over problems that have both outcomes (how well the score ranks the
-    candidates *of one problem*, which is what weighting particles needs), and how many."""
-    aucs = per_problem_aucs(y, p, groups)
-    return (float(np.mean(aucs)) if len(aucs) else float("nan")), len(aucs)
 
 
 def _fit_layers(kind: str, xs: np.ndarray, y: np.ndarray, c: float, seed: int

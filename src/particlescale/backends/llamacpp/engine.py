@@ -124,7 +124,6 @@ class LlamaEngine:
             self.path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch,
             threads=n_threads or default_threads(), embeddings=embeddings, repack=repack,
             flash_attn=flash_attn, verbose=verbose)
-        self._model = nat.model  # benchmarks/bench_value_features.py opens a second context
         self.n_vocab = nat.n_vocab
         self.n_embd = nat.n_embd
         self.n_ctx = nat.n_ctx
@@ -266,6 +265,13 @@ class LlamaEngine:
     async def sync(self) -> None:
         """Wait until every message sent so far (releases included) has been processed."""
         await self._submit(Sync())
+
+    @property
+    def llama_model(self) -> Any:
+        """The loaded ``llama_model`` pointer, for code that opens its own llama.cpp context
+        on the same weights (e.g. teacher forcing in ``benchmarks.value.bench_value_features``);
+        valid until :meth:`close`."""
+        return self._native.model
 
     @property
     def score_cache_size(self) -> int:

@@ -27,7 +27,7 @@ table: a prefix head and a final head (last step only) fitted with ``rewards.val
 cached per problem in ``--cache`` (resumable; about 33 s per problem of 8 solutions on
 2 cores, the same with or without layers).
 
-Usage: python benchmarks/bench_value_features.py --train DIR --test DIR --cache DIR
+Usage: python -m benchmarks.value.bench_value_features --train DIR --test DIR --cache DIR
        [--layers 3,6,9] [--per-step] [--cached-only]
 """
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import sys
 import time
 import warnings
 from dataclasses import replace
@@ -44,16 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_value_data import per_problem
-from report import write_section
-
-from particlescale.backends.llamacpp.engine import LlamaEngine, _llama
+from benchmarks.common import write_section
+from benchmarks.value.bench_value_data import per_problem
+from particlescale.backends.llamacpp import LlamaEngine
 from particlescale.eval.datasets import load_dataset
 from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
-from particlescale.rewards.value_head import auc, fit_head, within_problem_auc
+from particlescale.rewards.value_head import fit_head
+from particlescale.stats import auc, paired_bootstrap, within_problem_auc
 
 MODEL = "qwen2.5-0.5b"
 DELIM = SamplingParams().delimiter  # the step text layout the engine generated
@@ -83,13 +81,15 @@ class TokenStates:
 
     def __init__(self, engine: LlamaEngine, n_batch: int = 1024,
                  layers: tuple[int, ...] = ()) -> None:
-        L = self.L = _llama()
+        import llama_cpp as L  # the low-level API of the engine's own build
+
+        self.L = L
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 4096, n_batch, n_batch, 2
         cp.n_threads = cp.n_threads_batch = 2
         cp.embeddings, cp.kv_unified, cp.no_perf = True, True, True
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
-        n_layer = L.llama_model_n_layer(engine._model)
+        n_layer = L.llama_model_n_layer(engine.llama_model)
         if any(not 0 <= k < n_layer for k in layers):
             raise SystemExit(f"--layers: {MODEL} has blocks 0..{n_layer - 1}; got {layers}")
         self.layers = layers
@@ -115,7 +115,7 @@ class TokenStates:
 
             self._callback = L.ggml_backend_sched_eval_callback(observe)  # kept alive
             cp.cb_eval, cp.cb_eval_user_data = self._callback, None
-        self.ctx = L.llama_init_from_model(engine._model, cp)
+        self.ctx = L.llama_init_from_model(engine.llama_model, cp)
         self.mem = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self.n_batch, self.dim = n_batch, engine.n_embd
@@ -263,10 +263,8 @@ def reward_table(train: dict, test: dict, variants: dict[str, tuple[str, ...]],
         if ref is None:
             ref, diff = r["min"], "(reference)"
         else:
-            d = r["min"] - ref
-            boot = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
-            lo, hi = np.percentile(boot, [2.5, 97.5])
-            diff = f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            d, lo, hi = paired_bootstrap(r["min"], ref, rng, draws=2000)
+            diff = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         rows.append(f"| {name} | {r['min'].mean():.3f} (n={len(r['min'])}) | "
                     f"{r['mean'].mean():.3f} | {r['last'].mean():.3f} | {diff} | "
                     f"{100 * r['wmaj'].mean():.0f}% |")

@@ -13,9 +13,12 @@ it), then rebuilds the table from the whole record, so the measurement grows acr
 sessions and any figure can be recomputed from the file.
 
 Each problem's seeds depend on its index in the seeded selection only: the solutions and the
-pf run of problem k are the same whichever session draws them.
+pf run of problem k are the same whichever session draws them. pf's final population and the
+baselines' stored samples are read by the same library selectors
+(``algorithms.selection``): majority vote by ``vote``, best-of-N by ``argmax`` and weighted
+best-of-N by ``weighted-vote`` of the value scores.
 
-Usage: python benchmarks/bench_value_budget.py [--problems 100] [--budget 16] [--minutes M]
+Usage: python -m benchmarks.value.bench_value_budget [--problems 100] [--budget 16] [--minutes M]
        [--record benchmarks/results/value-budget-gsm8k.jsonl] [--head PATH]
 """
 
@@ -23,22 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_value import SELECTORS, cell, pick, score_rows
-from record import add_record_args, grow_record, read_record
-from report import write_section
-
+from benchmarks.common import RESULTS, cell, gsm8k, paired_text, write_section
+from benchmarks.record import add_record_args, grow_record, read_record
+from benchmarks.value.bench_value import score_rows
 from particlescale import asolve
-from particlescale.algorithms.selection import select_answer
+from particlescale.algorithms.selection import SELECTORS, select_answer, select_from
 from particlescale.answers import normalize_answer
 from particlescale.backends.llamacpp import LlamaCppGenerator
-from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.value_train import is_correct, label_solutions, sample_problem
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.value import ValueReward, packaged_head
@@ -46,7 +44,7 @@ from particlescale.rewards.value_head import ValueHead
 from particlescale.types import Problem, Usage
 
 MODEL = "qwen2.5-0.5b"
-RECORD = Path(__file__).parent / "results" / "value-budget-gsm8k.jsonl"
+RECORD = RESULTS / "value-budget-gsm8k.jsonl"
 
 
 def config_key(head: ValueHead, args: argparse.Namespace) -> dict:
@@ -108,14 +106,6 @@ def distinct(samples: list[dict]) -> int:
     return len({normalize_answer(x["answer"]) for x in samples if x["answer"] is not None})
 
 
-def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> str:
-    """Mean of ``a - b`` (per problem, 0/1) with a 95% paired bootstrap interval."""
-    d = a.astype(float) - b.astype(float)
-    boot = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(4000)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return f"{100 * d.mean():+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def report(done: dict[str, dict], golds: dict[str, str], args: argparse.Namespace,
            head: ValueHead, other: int) -> str:
     recs = list(done.values())
@@ -131,10 +121,10 @@ def report(done: dict[str, dict], golds: dict[str, str], args: argparse.Namespac
             ans = [x["answer"] for x in r["samples"][:b]]
             w = [x[value] for x in r["samples"][:b]]
             gold = golds[r["problem"]]
-            for name, mode, ws in (("majority vote", "vote", [1.0] * b),
-                                   (f"best-of-N (value, {agg})", "argmax", w),
-                                   (f"weighted BoN (value, {agg})", "weighted", w)):
-                rows[name].append(is_correct(gold, pick(ans, ws, mode) or ""))
+            for name, sel, ws in (("majority vote", "vote", [1.0] * b),
+                                  (f"best-of-N (value, {agg})", "argmax", w),
+                                  (f"weighted BoN (value, {agg})", "weighted-vote", w)):
+                rows[name].append(is_correct(gold, select_from(ans, ws, sel) or ""))
         for name, xs in rows.items():
             hits[name][b] = np.array(xs, dtype=int)
     pf = {sel: np.array([r["pf"]["correct"][sel] for r in recs]) for sel in SELECTORS}
@@ -164,9 +154,10 @@ def report(done: dict[str, dict], golds: dict[str, str], args: argparse.Namespac
     rng = np.random.default_rng(0)
     maj = hits["majority vote"][s]
     lines += ["", f"pf minus majority@{s} on the same problems (95% paired bootstrap over "
-              "problems): " + "; ".join(f"{sel} {paired(pf[sel], maj, rng)}"
+              "problems): " + "; ".join(f"{sel} {paired_text(pf[sel], maj, rng)}"
                                          for sel in SELECTORS)
-              + f"; weighted BoN@{s} {paired(hits[f'weighted BoN (value, {agg})'][s], maj, rng)}.",
+              + f"; weighted BoN@{s} "
+              f"{paired_text(hits[f'weighted BoN (value, {agg})'][s], maj, rng)}.",
               "", f"Distinct answers in pf's final population: "
               f"{np.mean([r['pf']['population_answers'] for r in recs]):.2f} against "
               f"{np.mean([distinct(r['samples']) for r in recs]):.2f} among {s} independent "
@@ -183,12 +174,12 @@ def main() -> None:
     if args.budget < 1:
         raise SystemExit("--budget: must be at least 1")
     head = ValueHead.load(args.head or packaged_head(MODEL))
-    ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.seed))
-    golds = {q.id: q.answer or "" for q in ds.problems}
+    problems = gsm8k(args.problems, args.seed)
+    golds = {q.id: q.answer or "" for q in problems}
     key = config_key(head, args)
     done, other = read_record(args.record, key)
     done = {p: r for p, r in done.items() if p in golds}
-    asyncio.run(extend(args, ds.problems, head, key, done))
+    asyncio.run(extend(args, problems, head, key, done))
     if not done:
         raise SystemExit(f"--record: no problem recorded under these settings in {args.record}; "
                          "run with --minutes M to sample some")

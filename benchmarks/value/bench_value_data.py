@@ -19,7 +19,7 @@ differences *within* a problem are left to explain); its strength is chosen by 5
 cross-validation split by problem on within-problem AUC. Shifting all of a problem's scores
 by one constant changes none of pf's weights, so the centred head needs no intercept.
 
-Usage: python benchmarks/bench_value_data.py --train DIR --test DIR
+Usage: python -m benchmarks.value.bench_value_data --train DIR --test DIR
        [--sizes 10,20,40,60] [--repeats 3]
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -35,15 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_value import pick
-from report import write_section
-
+from benchmarks.common import write_section
 from particlescale.aggregation import aggregate
+from particlescale.algorithms.selection import select_from
 from particlescale.answers import normalize_answer
 from particlescale.eval.value_train import SampleSet, fit_from_sets
 from particlescale.rewards.value import ValueReward
-from particlescale.rewards.value_head import ValueHead, auc, within_problem_auc
+from particlescale.rewards.value_head import ValueHead
+from particlescale.stats import auc, within_problem_auc
 from particlescale.types import Problem, Usage
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -66,8 +64,8 @@ def weighted_majority(s: SampleSet, weights: np.ndarray) -> bool:
     """Is the answer with the largest summed weight correct?"""
     right = {normalize_answer(r["answer"]) or "": bool(r["correct"])
              for r in s.solutions if r["answer"] is not None}
-    chosen = pick([r["answer"] for r in s.solutions], list(weights), "weighted")
-    return chosen is not None and right[chosen]
+    chosen = select_from([r["answer"] for r in s.solutions], weights, "weighted-vote")
+    return chosen is not None and right[normalize_answer(chosen) or ""]
 
 
 def per_problem(test: list[SampleSet], head: ValueHead) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ much the training labels themselves agree with step quality).
 One JSON line per problem is appended to ``--record`` (committed under
 ``benchmarks/results/``), so the measurement grows across sessions (see ``record.py``).
 
-Usage: python benchmarks/bench_value_steps.py [--problems 100] [--samples 4]
+Usage: python -m benchmarks.value.bench_value_steps [--problems 100] [--samples 4]
        [--prefixes 2] [--rollouts 4] [--minutes M] [--head PATH]
 """
 
@@ -28,29 +28,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from record import add_record_args, grow_record, read_record
-from report import write_section
-
+from benchmarks.common import RESULTS, auc_interval, gsm8k, within_interval, write_section
+from benchmarks.record import add_record_args, grow_record, read_record
 from particlescale.algorithms.common import IdSource
 from particlescale.backends.llamacpp import LlamaCppGenerator
-from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.value_train import complete, is_correct, sample_problem
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.value import packaged_head
-from particlescale.rewards.value_head import ValueHead, auc, per_problem_aucs
+from particlescale.rewards.value_head import ValueHead
+from particlescale.stats import auc
 from particlescale.types import Particle, Problem, Usage
 
 MODEL = "qwen2.5-0.5b"
-RECORD = Path(__file__).parent / "results" / "value-steps-gsm8k.jsonl"
+RECORD = RESULTS / "value-steps-gsm8k.jsonl"
 SCORES = {  # record field -> row label in the table
     "value": "value head at the step",
     "value_min": "value head, min so far (pf's weight)",
@@ -122,33 +118,6 @@ async def label_one(gen: LlamaCppGenerator, head: ValueHead, q: Problem, k: int,
             "sample_seconds": round(sample_s, 1), "rollout_seconds": round(rollout_s, 1)}
 
 
-def auc_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
-                 draws: int = 1000) -> str:
-    """Pooled AUC with a 95% bootstrap interval over problems (prefixes of one problem are
-    not independent, so whole problems are resampled)."""
-    uniq = np.unique(groups)
-    rows = {g: np.flatnonzero(groups == g) for g in uniq}
-    boot = []
-    for _ in range(draws):
-        pick = np.concatenate([rows[g] for g in rng.choice(uniq, size=len(uniq))])
-        a = auc(y[pick], p[pick])
-        if not np.isnan(a):
-            boot.append(a)
-    lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
-    return f"{auc(y, p):.3f} [{lo:.2f}, {hi:.2f}]"
-
-
-def within_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
-                    draws: int = 1000) -> str:
-    """Within-problem AUC (mean over problems with both labels) with a 95% bootstrap interval
-    over those problems, and how many there are."""
-    per = per_problem_aucs(y, p, groups)
-    if not len(per):
-        return "n/a (no problem has both labels)"
-    lo, hi = np.percentile(rng.choice(per, size=(draws, len(per))).mean(axis=1), [2.5, 97.5])
-    return f"{per.mean():.3f} [{lo:.2f}, {hi:.2f}] (n={len(per)})"
-
-
 def report(done: dict[str, dict], args: argparse.Namespace, other: int) -> str:
     recs = list(done.values())
     rows = [(r["problem"], x) for r in recs for x in r["prefixes"]]
@@ -194,17 +163,17 @@ def main() -> None:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: must be at least 1")
     head = ValueHead.load(args.head or packaged_head(MODEL))
-    ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.seed))
+    problems = gsm8k(args.problems, args.seed)
     key = config_key(head, args)
     done, other = read_record(args.record, key)
-    ids = {q.id for q in ds.problems}
+    ids = {q.id for q in problems}
     done = {p: r for p, r in done.items() if p in ids}
-    if args.minutes > 0 and len(done) < len(ds.problems):
+    if args.minutes > 0 and len(done) < len(problems):
         # a problem in flight holds its S samples, then S·P·R rollouts of prompt + ≤12×160
         gen = LlamaCppGenerator(MODEL, embeddings=True, n_ctx=65536, n_seq_max=min(
             256, max(16, args.samples * args.prefixes * args.rollouts * args.concurrency)))
         try:
-            asyncio.run(grow_record(args.record, key, ds.problems, done,
+            asyncio.run(grow_record(args.record, key, problems, done,
                                     lambda q, k: label_one(gen, head, q, k, args),
                                     minutes=args.minutes, concurrency=args.concurrency))
         finally:

@@ -1,62 +1,10 @@
-"""A faithful fake of vLLM's OpenAI-compatible server, served for real over HTTP.
-
-It stands in for what cannot run here (a GPU vLLM server) and reproduces vLLM's wire format,
-so the client code under test is the code users run against the real thing:
-
-- ``GET /v1/models``: model card with ``owned_by: "vllm"`` and ``max_model_len``.
-- ``POST /v1/completions``: ``n`` choices, ``stop`` strings (cut out of the text unless
-  ``include_stop_str_in_output``), ``finish_reason`` (``stop``/``length``) and ``stop_reason``
-  (the matched stop string, or ``null`` at EOS), ``usage`` (prompt tokens once per request,
-  completion tokens summed over choices), ``seed`` (choice ``i`` is sampled with ``seed + i``
-  as vLLM v1's ``ParentRequest`` does; same seed and prompt -> same text). Parameters are
-  checked as vLLM's ``SamplingParams._verify_args`` checks them (same messages); unknown
-  fields are accepted and ignored, as vLLM does (``OpenAIBaseModel`` has ``extra="allow"``),
-  and recorded in :attr:`FakeVLLM.ignored_fields`.
-- ``echo`` and ``logprobs`` on ``/v1/completions`` (the scoring request of ancestor sampling):
-  the choice's text is prompt + completion and ``logprobs`` is the OpenAI legacy object over
-  prompt and completion tokens (``tokens``, ``text_offset`` from 0, ``token_logprobs`` with
-  ``None`` for the first prompt token, ``top_logprobs`` holding the token itself — no
-  alternatives are emulated), as vLLM's ``_create_completion_logprobs`` builds it; the choice
-  also carries vLLM's ``prompt_logprobs`` (``None``, then ``{token_id: {logprob, rank,
-  decoded_token}}`` per prompt token); ``return_tokens_as_token_ids`` writes tokens as
-  ``token_id:N``; more than ``max_logprobs`` is rejected with vLLM's message. The fake
-  model's log-probability of a token is ``token_logprob(text before it, token)``.
-- ``POST /v1/chat/completions``: ChatML rendering with ``add_generation_prompt`` /
-  ``continue_final_message`` (both true is rejected), ``logprobs``/``top_logprobs``.
-- ``POST /tokenize``, ``/detokenize``: a reversible fake tokenizer (Qwen's special-token ids).
-- ``POST /pooling`` (``runner="pooling"``): STEP pooling at a step tag, ``data[i].data`` one
-  row per tag, in the response variants of the vLLM versions users run (``pooling_variant``:
-  ``rows``, ``flat``, ``base64``, ``logits``, or the misconfigurations ``all`` = an ALL
-  pooler and ``embed`` = one normalised vector per input, what vLLM 0.32 answers for a
-  ``*ForCausalLM`` PRM served with ``--runner pooling`` but not ``--convert classify``).
-- Errors in vLLM's two dialects (``error_style``: ``new`` = ``{"error": {...}}`` of recent
-  vLLM, about 0.10 on; ``old`` = the flat ``{"object": "error", ...}`` before), 404 for an
-  unknown model (with vLLM's "Valid aliases" list), FastAPI's ``{"detail": "Not Found"}`` 404
-  for a route the server does not have (``/pooling`` on a generation server, completions on
-  a pooling server). Context limits as vLLM 0.32 checks them: ``max_tokens`` above
-  ``max_model_len`` or a prompt longer than it is a 400 with vLLM's message; otherwise
-  ``max_tokens`` is clamped to the room left and the choice ends with ``length`` there.
-- ``strict_openai=True`` emulates the official OpenAI API instead: unknown parameters (every
-  vLLM extra) are rejected with OpenAI's "Unrecognized request argument supplied" 400, there is
-  no ``stop_reason``, no ``/tokenize`` or ``/pooling``.
-
-Server cost model: each request sleeps ``latency + per_prompt_token * prompt_tokens +
-per_token * (longest choice in tokens)`` (the choices of one request decode together, as in a
-batch), concurrently with other requests. Fault injection (:class:`Fault`): HTTP statuses
-(500, 429 with ``Retry-After``, 400...), dropped connections (headers sent, then the socket
-closes mid-body), and delays longer than the client's timeout.
-
-The fake language model writes "## Step k: a + b = c" steps separated by blank lines and, at
-random, a final "Therefore, the final answer is: $\\boxed{X}$. I hope it is correct." followed
-by EOS; its randomness comes only from the request seed.
-"""
+"""The fake vLLM server: lifecycle, routes, parameter checks, completions and chat (see
+the package docstring for what it reproduces)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import re
 import socket
 import threading
 import time
@@ -73,131 +21,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-INT64 = 2**63
-SPECIAL = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-           "<extra_0>": 151651}
-_TOKEN = re.compile("|".join(re.escape(s) for s in SPECIAL) + r"|\s+|\w+|[^\w\s]")
-
-OPENAI_COMPLETION_FIELDS = frozenset({
-    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs",
-    "max_tokens", "n", "presence_penalty", "seed", "stop", "stream", "stream_options",
-    "suffix", "temperature", "top_p", "user"})
-OPENAI_CHAT_FIELDS = frozenset({
-    "messages", "model", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "max_tokens", "max_completion_tokens", "n", "presence_penalty", "response_format", "seed",
-    "stop", "stream", "stream_options", "temperature", "top_p", "tools", "tool_choice",
-    "parallel_tool_calls", "user", "service_tier", "store", "metadata", "modalities",
-    "reasoning_effort"})
-VLLM_SAMPLING_EXTRAS = frozenset({
-    "use_beam_search", "top_k", "min_p", "repetition_penalty", "length_penalty",
-    "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
-    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
-    "allowed_token_ids", "prompt_logprobs", "add_special_tokens", "response_format",
-    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "priority",
-    "request_id", "logits_processors", "return_tokens_as_token_ids", "cache_salt",
-    "kv_transfer_params", "vllm_xargs", "echo", "add_generation_prompt",
-    "continue_final_message", "chat_template", "chat_template_kwargs", "documents",
-    "bad_words", "mm_processor_kwargs"})
-
-
-def tokenize(text: str) -> list[str]:
-    """Pieces of a text: special tokens, whitespace runs, words, single symbols."""
-    return _TOKEN.findall(text)
-
-
-class Vocab:
-    """A growing, reversible piece <-> id table (special tokens at Qwen's ids)."""
-
-    def __init__(self) -> None:
-        self.ids = dict(SPECIAL)
-        self.pieces = {v: k for k, v in SPECIAL.items()}
-        self.lock = threading.Lock()
-
-    def encode(self, text: str) -> list[int]:
-        out = []
-        with self.lock:
-            for p in tokenize(text):
-                if p not in self.ids:
-                    i = len(self.ids) + 1000
-                    self.ids[p] = i
-                    self.pieces[i] = p
-                out.append(self.ids[p])
-        return out
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.pieces[i] for i in ids)
-
-
-def chatml(messages: list[dict[str, Any]], *, add_generation_prompt: bool,
-           continue_final_message: bool) -> str:
-    """Qwen2.5's chat template, with vLLM's continue_final_message truncation."""
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    if continue_final_message:
-        text = text[: -len("<|im_end|>\n")]
-    elif add_generation_prompt:
-        text += "<|im_start|>assistant\n"
-    return text
-
-
-def default_lm(prompt: str, rng: np.random.Generator) -> tuple[str, bool]:
-    """The fake model's continuation of ``prompt``: (text, ends with EOS)."""
-    answer_part = prompt.rsplit("<|im_start|>assistant\n", 1)[-1]
-    done = answer_part.count("\n\n")
-    pieces = []
-    for k in range(done + 1, done + 4):
-        if k > 1 and rng.random() < 0.45:
-            x = int(rng.choice([42, 42, 41]))
-            pieces.append(f"Therefore, the final answer is: $\\boxed{{{x}}}$. "
-                          "I hope it is correct.")
-            return "".join(pieces), True
-        a, b = (int(v) for v in rng.integers(1, 50, size=2))
-        pieces.append(f"## Step {k}: {a} + {b} = {a + b}\n\n")
-    return "".join(pieces), False
-
-
-def default_prm(prefix: str) -> float:
-    """P(step correct) of the fake PRM: a fixed pseudo-random value per prefix."""
-    return 0.05 + 0.9 * (zlib.crc32(prefix.encode()) % 1000) / 1000
-
-
-def default_token_logprob(context: str, piece: str) -> float:
-    """The fake model's log p(piece | context): a fixed pseudo-random value in [-3.05, -0.05]
-    that depends on the piece and the last 40 characters before it."""
-    return -0.05 - 3.0 * (zlib.crc32(f"{context[-40:]}\x00{piece}".encode()) % 1000) / 1000
+from particlescale.testing.fake_vllm.scoring import ScoringRoutes
+from particlescale.testing.fake_vllm.wire import (
+    INT64,
+    OPENAI_CHAT_FIELDS,
+    OPENAI_COMPLETION_FIELDS,
+    VLLM_SAMPLING_EXTRAS,
+    Fault,
+    FaultLayer,
+    Record,
+    Vocab,
+    chatml,
+    default_lm,
+    default_prm,
+    default_token_logprob,
+    tokenize,
+)
 
 
 @dataclass
-class Fault:
-    """An injected failure for requests to ``path`` (``*`` = any) whose raw body contains
-    ``match``; applies ``times`` times (-1: always). ``kind``: ``status`` (answer ``status``
-    with ``message``), ``drop`` (close the connection mid-answer), ``delay`` (sleep ``delay``
-    seconds, then answer normally), ``body`` (answer 200 with ``body`` as JSON: a malformed
-    answer)."""
-
-    path: str = "*"
-    kind: str = "status"
-    status: int = 500
-    message: str = "fake: injected failure"
-    times: int = 1
-    match: str | None = None
-    delay: float = 0.0
-    retry_after: float | None = None
-    body: Any = None
-
-
-@dataclass
-class Record:
-    path: str
-    body: Any
-    start: float
-    end: float = 0.0
-    status: int = 0
-    raw: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class FakeVLLM:
+class FakeVLLM(ScoringRoutes):
     model: str = "Qwen/Qwen2.5-Math-1.5B-Instruct"
     runner: str = "generate"  # or "pooling"
     strict_openai: bool = False
@@ -293,7 +136,7 @@ class FakeVLLM:
         async def not_found(request: Request, exc: Exception) -> Response:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
 
-        return _FaultLayer(self, Starlette(routes=routes, exception_handlers={404: not_found}))
+        return FaultLayer(self, Starlette(routes=routes, exception_handlers={404: not_found}))
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=200)
@@ -557,45 +400,6 @@ class FakeVLLM:
                         "kv_transfer_params": None})
         return out
 
-    def _scored(self, text: str) -> list[tuple[str, float | None]]:
-        """(piece, log p(piece | text before it)) for each token of ``text``; None first."""
-        out: list[tuple[str, float | None]] = []
-        at = 0
-        for piece in tokenize(text):
-            out.append((piece, self.token_logprob(text[:at], piece) if out else None))
-            at += len(piece)
-        return out
-
-    def _logprobs(self, prompt: str, text: str, n_gen: int, echo: bool,
-                  body: dict[str, Any]) -> dict[str, Any]:
-        """The legacy completions ``logprobs`` object, as vLLM's _create_completion_logprobs."""
-        entries = self._scored(prompt) if echo else []
-        at = len(prompt)
-        for piece in tokenize(text):
-            entries.append((piece, self.token_logprob(prompt[:at], piece)))
-            at += len(piece)
-        if n_gen > len(tokenize(text)):  # the EOS token: counted, its text not shown
-            entries.append(("", self.token_logprob(prompt + text, "<|im_end|>")))
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        tokens, offsets, lps, tops = [], [], [], []
-        offset = 0
-        for piece, lp in entries:
-            token = f"token_id:{self.vocab.encode(piece)[0] if piece else SPECIAL['<|im_end|>']}" \
-                if as_ids else piece
-            tokens.append(token)
-            offsets.append(offset)
-            offset += len(token)
-            lps.append(None if lp is None else max(lp, -9999.0))
-            tops.append(None if lp is None else {token: max(lp, -9999.0)})
-        return {"text_offset": offsets, "token_logprobs": lps, "tokens": tokens,
-                "top_logprobs": tops}
-
-    def _prompt_logprobs(self, prompt: str) -> list[Any]:
-        out: list[Any] = []
-        for piece, lp in self._scored(prompt):
-            out.append(None if lp is None else {str(self.vocab.encode(piece)[0]): {
-                "logprob": lp, "rank": 1, "decoded_token": piece}})
-        return out
 
     async def _chat(self, body: dict[str, Any]) -> Any:
         allowed = OPENAI_CHAT_FIELDS | (frozenset() if self.strict_openai
@@ -659,184 +463,3 @@ class FakeVLLM:
                 "created": int(time.time()), "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + sum(gen_tokens),
                           "completion_tokens": sum(gen_tokens)}}
-
-    async def _tokenize(self, body: dict[str, Any]) -> Any:
-        if err := self._check_model(body):
-            return err
-        if "messages" in body:
-            add_gen = body.get("add_generation_prompt", True)
-            cont = body.get("continue_final_message", False)
-            if add_gen and cont:
-                return self._error(400, "Cannot set both `continue_final_message` and "
-                                   "`add_generation_prompt` to True.")
-            text = chatml(body["messages"], add_generation_prompt=add_gen,
-                          continue_final_message=cont)
-        elif isinstance(body.get("prompt"), str):
-            text = body["prompt"]
-        else:
-            return self._error(400, "prompt: Field required")
-        tokens = self.vocab.encode(text)
-        return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens,
-                "token_strs": None}
-
-    async def _detokenize(self, body: dict[str, Any]) -> Any:
-        if err := self._check_model(body):
-            return err
-        try:
-            return {"prompt": self.vocab.decode(list(body["tokens"]))}
-        except (KeyError, TypeError) as e:
-            return self._error(400, f"tokens: invalid token ids ({e})")
-
-    # -- pooling ------------------------------------------------------------------------------
-
-    def _rows(self, text: str) -> Any:
-        probs = []
-        start = 0
-        while (at := text.find(self.step_tag, start)) >= 0:
-            probs.append(self.prm(text[:at]))
-            start = at + len(self.step_tag)
-        rows = [[1 - q, q] if self.positive_index == 1 else [q, 1 - q] for q in probs]
-        v = self.pooling_variant
-        if v == "flat":
-            return [x for r in rows for x in r]
-        if v == "base64":
-            return base64.b64encode(np.asarray(rows, dtype="<f4").tobytes()).decode()
-        if v == "logits":
-            return [[0.0, float(np.log(r[1] / r[0]))] for r in rows]
-        if v == "all":
-            return [[0.5, 0.5] for _ in tokenize(text)]
-        if v == "embed":  # a *ForCausalLM under --runner pooling without --convert classify
-            rng = np.random.default_rng(zlib.crc32(text.encode()))
-            vec = rng.normal(size=64)
-            return [float(x) for x in vec / np.linalg.norm(vec)]
-        return rows
-
-    async def _pooling(self, body: dict[str, Any]) -> Any:
-        if err := self._check_model(body):
-            return err
-        if "normalize" in body:
-            return self._error(400, "Parameter `normalize` was removed; use `use_activation` "
-                               "instead.")
-        task = body.get("task")
-        if task is not None and task != "token_classify":
-            return self._error(400, f"Unsupported task: {task!r} Supported tasks: "
-                               "('token_classify',)")
-        if "messages" in body:
-            add_gen = body.get("add_generation_prompt", False)
-            cont = body.get("continue_final_message", False)
-            if add_gen and cont:
-                return self._error(400, "Cannot set both `continue_final_message` and "
-                                   "`add_generation_prompt` to True.")
-            texts = [chatml(body["messages"], add_generation_prompt=add_gen,
-                            continue_final_message=cont)]
-        elif "input" in body:
-            inp = body["input"]
-            texts = [inp] if isinstance(inp, str) else list(inp)
-            if not texts or not all(isinstance(t, str) for t in texts):
-                return self._error(400, "input: Input should be a valid string or list of "
-                                   "strings")
-        else:
-            return self._error(400, "input: Field required")
-        n_tokens = sum(len(tokenize(t)) for t in texts)
-        await self._cost(n_tokens, [])
-        if err := self._context_error(max(len(tokenize(t)) for t in texts), 0):
-            return err
-        return {"id": f"pooling-{uuid.uuid4().hex}", "object": "list",
-                "created": int(time.time()), "model": self.model,
-                "data": [{"index": i, "object": "pooling", "data": self._rows(t)}
-                         for i, t in enumerate(texts)],
-                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens,
-                          "completion_tokens": 0, "prompt_tokens_details": None,
-                          "completion_tokens_details": None}}
-
-
-class _FaultLayer:
-    """The outermost ASGI layer: records every request, counts requests in flight, and plays
-    the injected faults (before the app sees the request, so nothing can turn a dropped
-    connection into a tidy 500)."""
-
-    def __init__(self, fake: FakeVLLM, app: Any) -> None:
-        self.fake = fake
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
-        try:
-            body = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            body = None
-        fake = self.fake
-        rec = Record(scope["path"], body, time.perf_counter(), raw=raw,
-                     headers={k.decode().lower(): v.decode() for k, v in scope["headers"]})
-        fake.records.append(rec)
-        with fake._lock:
-            fake.in_flight += 1
-            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": raw, "more_body": False}
-
-        async def tap(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                rec.status = message["status"]
-            await send(message)
-
-        try:
-            fault = fake._take_fault(scope["path"], raw.decode("utf-8", "replace"))
-            if fault is not None and fault.kind == "drop":
-                await tap({"type": "http.response.start", "status": 200,
-                           "headers": [(b"content-type", b"application/json"),
-                                       (b"content-length", b"1000")]})
-                await send({"type": "http.response.body", "body": b'{"id": "cmpl-',
-                            "more_body": True})
-                raise ConnectionAbortedError("fake: connection dropped on purpose")
-            if fault is not None and fault.kind == "delay":
-                await asyncio.sleep(fault.delay)
-            elif fault is not None and fault.kind == "body":
-                await JSONResponse(fault.body)(scope, replay, tap)
-                return
-            elif fault is not None:
-                headers = ({"Retry-After": f"{fault.retry_after:g}"}
-                           if fault.retry_after is not None else None)
-                await fake._error(fault.status, fault.message, headers=headers)(scope, replay,
-                                                                                tap)
-                return
-            await self.app(scope, replay, tap)
-        finally:
-            rec.end = time.perf_counter()
-            with fake._lock:
-                fake.in_flight -= 1
-
-
-def main() -> None:
-    """Serve the fake in its own process (benchmarks): prints the port, runs until killed."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B-Instruct")
-    ap.add_argument("--runner", default="generate", choices=["generate", "pooling"])
-    ap.add_argument("--latency", type=float, default=0.0)
-    ap.add_argument("--per-token", type=float, default=0.0)
-    ap.add_argument("--per-prompt-token", type=float, default=0.0)
-    args = ap.parse_args()
-    fake = FakeVLLM(model=args.model, runner=args.runner, latency=args.latency,
-                    per_token=args.per_token, per_prompt_token=args.per_prompt_token).start()
-    print(fake.port, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        fake.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Scripted generators and rewards for testing algorithms against exact answers (tests only).
+"""Scripted generators and rewards for testing algorithms against exact answers.
 
 ``ScriptedGenerator`` samples each step from a known distribution over a tiny alphabet that
 depends on the prefix, so that every trajectory's probability can be enumerated. It also

@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from particlescale import solve
+from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.types import Problem, Result, Trace
-
-from scripted import ScriptedGenerator, ScriptedReward
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
             "clips in May. How many clips did Natalia sell altogether in April and May?")

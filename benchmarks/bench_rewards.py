@@ -39,7 +39,7 @@ from particlescale.aggregation import aggregate
 from particlescale.algorithms.selection import select_from
 from particlescale.answers import extract_answer, has_boxed
 from particlescale.eval.value_train import is_correct
-from particlescale.models import DEFAULT_GENERATOR
+from particlescale.models import DEFAULT_MODEL
 from particlescale.protocols import SamplingParams
 from particlescale.rewards.registry import DEFAULT_REWARD, make_reward
 from particlescale.stats import grouped_auc_interval
@@ -86,7 +86,7 @@ async def sample_all(problems: list[Problem], s: int, done: dict[str, dict],
     """
     from particlescale.backends.llamacpp import LlamaCppGenerator
 
-    gen = LlamaCppGenerator(DEFAULT_GENERATOR, n_ctx=16384, n_seq_max=2 * LIVE + 2)
+    gen = LlamaCppGenerator(DEFAULT_MODEL, n_ctx=16384, n_seq_max=2 * LIVE + 2)
     usage = Usage()
     gate = asyncio.Semaphore(LIVE)
     params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=MAX_TOKENS,
@@ -208,7 +208,7 @@ def main() -> int:
     args = ap.parse_args()
 
     problems = gsm8k_first(args.problems)
-    key = {"samples": args.samples, "model": DEFAULT_GENERATOR,
+    key = {"samples": args.samples, "model": DEFAULT_MODEL,
            "temperature": TEMPERATURE, "max_tokens": MAX_TOKENS, "seed": SEED}
     cached = json.loads(args.cache.read_text()) if args.cache.exists() else {}
     if cached.get("key") != key or args.resample:
@@ -312,7 +312,7 @@ def report(rows: list[dict], results: dict, times: dict, gen: dict, judge_rows: 
         "## Cheap rewards on GSM8K (bench_rewards.py)",
         "",
         f"{len(rows)} GSM8K test problems (the first {len(rows)}) x {s} samples from "
-        f"`{DEFAULT_GENERATOR}` (T={TEMPERATURE}, blank-line steps, at most {MAX_TOKENS} tokens "
+        f"`{DEFAULT_MODEL}` (T={TEMPERATURE}, blank-line steps, at most {MAX_TOKENS} tokens "
         f"per solution, seed {SEED}); {n_sol} solutions, {n_ok} correct ({n_ok / n_sol:.1%}). "
         f"Sampling took {gen['wall_s']:.0f} s for {gen['generated_tokens']} tokens "
         f"({gen['generated_tokens'] / gen['wall_s']:.0f} tok/s aggregate).",

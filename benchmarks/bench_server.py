@@ -29,9 +29,10 @@ import httpx
 
 from benchmarks.common import write_section
 from particlescale import asolve
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.testing.live_server import LiveServer
 from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
+from particlescale.wiring import Wired
 
 QUESTIONS = [
     "What is 17 + 25?",
@@ -45,7 +46,7 @@ TARGET_MS = 20.0
 def served(gen: Any, reward: Any, name: str, max_concurrent: int = 16) -> LiveServer:
     cfg = ServerConfig(generators=[{"spec": f"bench:{name}", "id": name}],
                        limits={"max_concurrent": max_concurrent, "max_budget": 64})
-    return LiveServer(cfg, Backends({name: gen}, reward))
+    return LiveServer(cfg, Wired({name: gen}, reward))
 
 
 def overhead(server: LiveServer, gen: Any, reward: Any, n: int, **run: Any) -> dict[str, float]:

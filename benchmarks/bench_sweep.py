@@ -54,11 +54,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_section
-from particlescale.eval.backends import BackendSpec, aclose_backends, build_backends
 from particlescale.eval.datasets import Selection, load_dataset
 from particlescale.eval.specs import parse_methods
 from particlescale.eval.store import RESULTS, load_rows
 from particlescale.eval.sweep import SweepConfig, SweepState, Task, run_task
+from particlescale.wiring import Setup
 
 MODEL = "qwen2.5-0.5b"
 METHODS = "self-consistency,best-of-n,weighted-best-of-n"
@@ -197,8 +197,9 @@ async def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     ds = load_dataset("gsm8k", selection=Selection(limit=args.problems))
-    spec = BackendSpec(generator=args.generator, model=args.model, reward=args.reward)
-    generator, reward = build_backends(spec)
+    spec = Setup(generator=args.generator, model=args.model, reward=args.reward)
+    wired = spec.wire()
+    generator, reward = wired.generator, wired.reward
     timed = TimedReward(reward)
     engine = getattr(generator, "engine", None)
     res: dict[str, Any] = {"args": {**vars(args), "budgets": budgets},
@@ -210,7 +211,7 @@ async def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = SweepConfig(dataset=ds, methods=parse_methods(METHODS, OPTIONS),
                                   budgets=budgets, seeds=[0], out=Path(tmp) / "out",
-                                  backend=spec, options=OPTIONS, concurrency=c,
+                                  setup=spec, options=OPTIONS, concurrency=c,
                                   reuse_samples=True)
                 r = await sweep(cfg, generator, timed)
             if engine is not None:
@@ -223,7 +224,7 @@ async def main() -> None:
             res["runs"].append(r)
             print(json.dumps(r), flush=True)
     finally:
-        await aclose_backends(reward, generator)
+        await wired.aclose()
     text = render(res)
     print(text)
     if not args.no_write and engine is not None:

@@ -289,7 +289,7 @@ def test_serve_on_an_invalid_host_is_one_line_exit_2(host: str):
 
 @pytest.mark.parametrize(("args", "words"), [
     (["-r", "value:/nonexistent.npz"], "value head '/nonexistent.npz' does not exist"),
-    (["-g", "openai:http://127.0.0.1:9/v1", "-r", "logprob"], "set reward to 'arith'"),
+    (["-g", "openai:http://127.0.0.1:9/v1", "-r", "logprob"], "set --reward to 'arith'"),
     (["-r", "arith", "--timeout", "5"], "only for generators on a server"),
 ])
 def test_serve_checks_the_reward_and_flags_before_a_model_loads(args: list[str], words: str,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from particlescale.cli import main
-from particlescale.cli.solve import parse_options
 from particlescale.errors import ConfigError
+from particlescale.eval.specs import parse_options
 from particlescale.models import is_pulled
 from particlescale.types import Trace
 
@@ -56,14 +56,14 @@ BAD = [
     (["q", "--seed", "-1"], "--seed: must be >= 0"),
     (["q", "-o", "nonsense=1"], "unknown option 'nonsense'"),
     (["q", "-o", "resampling=bogus"], "option 'resampling'"),
-    (["q", "-o", "novalue"], "--option: expected KEY=VALUE"),
+    (["q", "-o", "novalue"], "--option: option 'novalue' must be NAME=VALUE"),
     (["q", "--reward", "nope"], "--reward: unknown 'nope'"),
     (["q", "--reward", "arith+"], "reward: cannot read"),
     (["q", "--reward", "arith", "--model", "nope"], "model: unknown name 'nope'"),
     (["q", "--reward", "arith", "--model", "qwen2.5-0.5b"], "is not pulled yet"),
     (["q", "--reward", "arith", "--model", "qwen2.5-1.5b"], "is corrupt"),
     (["q", "--reward", "arith", "--model", "/no/such/file.gguf"], "does not exist"),
-    (["q", "--reward", "arith", "--generator", "nope:x"], "generator: unknown spec"),
+    (["q", "--reward", "arith", "--generator", "nope:x"], "--generator: unknown kind 'nope'"),
     (["q", "--trace", "/no/such/dir/trace.json"], "--trace: the folder"),
 ]
 
@@ -91,10 +91,13 @@ def test_unloadable_gguf_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_parse_options() -> None:
-    assert parse_options(["resampling=systematic", "ess-threshold = 0.5", "aggregation=none"]) \
-        == {"resampling": "systematic", "ess_threshold": "0.5", "aggregation": None}
-    with pytest.raises(ConfigError):
-        parse_options(["=3"])
+    assert parse_options(["resampling=systematic", "ess-threshold = 0.5", "aggregation=none"],
+                         "--option") \
+        == {"resampling": "systematic", "ess_threshold": 0.5, "aggregation": None}
+    # one option per -o item: a comma stays in the value
+    assert parse_options(["a=1,2"], "--option") == {"a": "1,2"}
+    with pytest.raises(ConfigError, match="--option: option '=3' must be NAME=VALUE"):
+        parse_options(["=3"], "--option")
 
 
 def _cli(*args: str) -> list[str]:

@@ -193,10 +193,10 @@ def test_on_the_embedded_model_one_sample_set_serves_the_three_baselines(tmp_pat
     usage go through the recording; the engine is deterministic per (problem, seed), so each
     method alone draws the very samples the shared run drew."""
     from engines import need
-    from particlescale.eval.backends import BackendSpec
     from particlescale.eval.datasets import Selection, load_dataset
     from particlescale.eval.specs import parse_methods
     from particlescale.eval.sweep import SweepConfig
+    from particlescale.wiring import Setup
 
     need("smollm2-135m")
     ds = load_dataset("gsm8k", selection=Selection(limit=2))
@@ -205,7 +205,7 @@ def test_on_the_embedded_model_one_sample_set_serves_the_three_baselines(tmp_pat
     def run(methods: str, out: str) -> dict[str, dict]:
         cfg = SweepConfig(dataset=ds, methods=parse_methods(methods, options), budgets=[2, 4],
                           seeds=[0], out=tmp_path / out, options=options, reuse_samples=True,
-                          backend=BackendSpec(model="smollm2-135m", reward="arith"))
+                          setup=Setup(model="smollm2-135m", reward="arith"))
         run_sweep(cfg)
         return latest(cfg.out)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from particlescale.errors import ConfigError, ParticlescaleError
-from particlescale.eval.backends import BackendSpec
 from particlescale.eval.datasets import load_dataset
 from particlescale.eval.specs import parse_methods
 from particlescale.eval.store import RESULTS, load_rows
 from particlescale.eval.sweep import SweepConfig, plan, run_sweep
 from particlescale.types import Trace
+from particlescale.wiring import Setup
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,7 +43,7 @@ def config(tmp_path: Path, *, methods: str = "pf,best-of-n", budgets=(1, 2, 4), 
     ds = load_dataset(str(data), question_field="q", answer_field="a", id_field="id")
     return SweepConfig(dataset=ds, methods=parse_methods(methods), budgets=list(budgets),
                        seeds=list(seeds), out=tmp_path / out,
-                       backend=BackendSpec(generator=GEN, reward=REW), **kw)
+                       setup=Setup(generator=GEN, reward=REW), **kw)
 
 
 def stable(rows) -> dict[str, dict]:
@@ -233,7 +233,7 @@ def run_cli(*args: str, env: dict | None = None,
     (["--budgets", "a"], "not an integer"),
     (["--question-field", "question"], "no field 'question'"),
     (["--reward", "nonsense"], "reward: unknown 'nonsense'"),
-    (["--generator", "vllm"], "generator: unknown spec 'vllm'"),
+    (["--generator", "vllm"], "--generator: unknown kind 'vllm'"),
 ])
 def test_cli_rejects_bad_input_before_any_model_call(tmp_path: Path, args, match):
     data = tiny_dataset(tmp_path / "tiny.jsonl")

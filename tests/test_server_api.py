@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from particlescale import solve
 from particlescale.protocols import SamplingParams
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.testing.live_server import LiveServer, SlowGenerator
 from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
 from particlescale.types import Problem, Usage
+from particlescale.wiring import Wired
 
 QUESTION = "What is 2 + 2?"
 STEPS = {"Add 2 and 2. ": 0.5, "So \\boxed{4}.": 0.3, "So \\boxed{5}.": 0.2}
@@ -55,8 +56,8 @@ class Recording:
 def serve(gen: Any = None, rew: Any = None, **config: Any) -> LiveServer:
     config.setdefault("generators", [{"spec": "scripted:test", "id": "scripted"}])
     cfg = ServerConfig(**config)
-    return LiveServer(cfg, Backends({"scripted": gen or make_gen()},
-                                    rew or ScriptedReward(reward)))
+    return LiveServer(cfg, Wired({"scripted": gen or make_gen()},
+                                 rew or ScriptedReward(reward)))
 
 
 def chat(server: LiveServer, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:

@@ -147,7 +147,7 @@ def test_cli_bad_config_is_one_error_line(tmp_path: Path) -> None:
 def test_cli_unknown_generator_is_one_error_line() -> None:
     proc = _cli("serve", "--generator", "nope:x")
     out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and out.startswith("error: generator: unknown spec 'nope:x'")
+    assert proc.returncode == 2 and out.startswith("error: --generator: unknown kind 'nope'")
 
 
 def free_port() -> int:

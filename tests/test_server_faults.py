@@ -14,9 +14,10 @@ import pytest
 
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.rewards.registry import make_reward
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.testing.fake_vllm import FakeVLLM, Fault
 from particlescale.testing.live_server import LiveServer
+from particlescale.wiring import Wired
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 BODY = {"messages": [{"role": "user", "content": "What is 40 + 2?"}], "budget": 2, "seed": 0,
@@ -37,8 +38,8 @@ def server(upstream: FakeVLLM):
         r.endpoint.jitter = random.Random(0)
     cfg = ServerConfig(generators=[{"spec": f"openai:{upstream.v1}", "model": MODEL}],
                        reward="arith")
-    with LiveServer(cfg, Backends({MODEL: gen}, make_reward("arith"),
-                                  specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})) as s:
+    with LiveServer(cfg, Wired({MODEL: gen}, make_reward("arith"),
+                               specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})) as s:
         yield s
 
 

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from particlescale.algorithms import METHODS
 from particlescale.backends.openai import OpenAIGenerator
 from particlescale.rewards.registry import make_reward
-from particlescale.server import Backends, ServerConfig
-from particlescale.server.backends import build_backends
+from particlescale.server import ServerConfig
 from particlescale.testing.fake_vllm import FakeVLLM, Fault
 from particlescale.testing.live_server import LiveServer
 from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
+from particlescale.wiring import Wired
 
 MODEL = "Qwen/Qwen2.5-Math-1.5B-Instruct"
 KEY = "test-key"
@@ -44,7 +44,7 @@ def scripted_server(**config: Any) -> LiveServer:
     cfg = ServerConfig(generators=[{"spec": "scripted:test", "id": "scripted"}],
                        api_keys_env=None, **config)
     gen = ScriptedGenerator(lambda p: STEPS, horizon=3)
-    return LiveServer(cfg, Backends({"scripted": gen}, ScriptedReward(lambda t: 0.5)))
+    return LiveServer(cfg, Wired({"scripted": gen}, ScriptedReward(lambda t: 0.5)))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_upstream_credentials_never_reach_ready_errors_models_or_the_log(
     spec = f"openai:http://admin:s3cretpw@127.0.0.1:{port}/v1"
     cfg = ServerConfig(generators=[{"spec": spec}], reward="arith", api_keys=[KEY],
                        api_keys_env=None)
-    backends = build_backends(cfg)  # as `particlescale serve -g SPEC` builds them
+    backends = cfg.wire()  # as `particlescale serve -g SPEC` builds them
     for g in backends.generators.values():
         for r in g.replicas:
             r.endpoint.retries = 0
@@ -157,8 +157,8 @@ def openai_server(upstream: FakeVLLM):
     gen = OpenAIGenerator(upstream.v1, MODEL, retries=0, timeout=30)
     cfg = ServerConfig(generators=[{"spec": f"openai:{upstream.v1}", "model": MODEL}],
                        reward="arith", api_keys_env=None)
-    backends = Backends({MODEL: gen}, make_reward("arith"),
-                        specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})
+    backends = Wired({MODEL: gen}, make_reward("arith"),
+                     specs={f"generator:{MODEL}": f"openai:{upstream.v1}"})
     with LiveServer(cfg, backends) as s:
         yield s
 

@@ -14,8 +14,9 @@ import httpx
 import openai
 import pytest
 
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.testing.live_server import LiveServer
+from particlescale.wiring import Wired
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m"
@@ -34,7 +35,7 @@ def _serve(model: str):
     cfg = ServerConfig(generators=[{"spec": f"llamacpp:{model}", "id": model}], reward="arith",
                        limits={"max_concurrent": 32})
     try:
-        with LiveServer(cfg, Backends({model: gen}, make_reward("arith", gen))) as server:
+        with LiveServer(cfg, Wired({model: gen}, make_reward("arith", gen))) as server:
             yield server, gen.engine
     finally:
         gen.close()

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from particlescale.server import Backends, ServerConfig
+from particlescale.server import ServerConfig
 from particlescale.testing.live_server import LiveServer
 from particlescale.testing.scripted import ScriptedGenerator, ScriptedReward
+from particlescale.wiring import Wired
 
 STEPS = {"Add 2 and 2. ": 0.5, "So \\boxed{4}.": 0.5}
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
@@ -39,7 +40,7 @@ def live(request: pytest.FixtureRequest):
                        limits={"max_budget": 8, "max_body_bytes": 65536},
                        api_keys=[KEY] if request.param == "keyed" else [], api_keys_env=None)
     gen = ScriptedGenerator(lambda p: STEPS, horizon=3)
-    with LiveServer(cfg, Backends({"scripted": gen}, ScriptedReward(lambda t: 0.5))) as s:
+    with LiveServer(cfg, Wired({"scripted": gen}, ScriptedReward(lambda t: 0.5))) as s:
         yield s
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from particlescale.errors import ModelError
 
-DEFAULT_GENERATOR = "qwen2.5-0.5b"
+DEFAULT_MODEL = "qwen2.5-0.5b"
+"""The model the embedded generator runs when none is named (``--model``)."""
 GGUF_MAGIC = b"GGUF"
 HF_PREFIX = "hf:"
 HF_TIMEOUT_S = 5.0

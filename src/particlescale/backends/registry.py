@@ -43,9 +43,9 @@ def build_llamacpp(arg: str, *, model: str | None = None, api_key: str | None = 
                    **kw: Any) -> Generator:
     """``llamacpp:MODEL`` (or ``llamacpp:`` with ``model=``): the embedded batched engine."""
     from particlescale.backends.llamacpp import LlamaCppGenerator
-    from particlescale.models import DEFAULT_GENERATOR
+    from particlescale.models import DEFAULT_MODEL
 
-    return LlamaCppGenerator(arg or model or DEFAULT_GENERATOR, **kw)
+    return LlamaCppGenerator(arg or model or DEFAULT_MODEL, **kw)
 
 
 GENERATORS: dict[str, Builder] = {"openai": build_openai, "llamacpp": build_llamacpp}

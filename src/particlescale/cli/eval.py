@@ -16,12 +16,11 @@ from rich.console import Console
 
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
-from particlescale.eval.backends import DEFAULT_GENERATOR, BackendSpec, validate
 from particlescale.eval.datasets import PROFILES, Dataset, Selection, load_dataset
 from particlescale.eval.specs import parse_budgets, parse_methods, parse_options, parse_seeds
 from particlescale.eval.sweep import SweepConfig, SweepSummary, run_sweep
-from particlescale.rewards.combine import parse_spec
-from particlescale.rewards.registry import make_reward, spec_uses_answer_key
+from particlescale.rewards.registry import spec_uses_answer_key
+from particlescale.wiring import Setup
 
 PAPER_METHODS = "pf,pg,greedy,self-consistency,best-of-n,weighted-best-of-n,beam,dvts"
 
@@ -40,12 +39,16 @@ def eval_command(
     options: Annotated[str, typer.Option(
         help="Options for every method, e.g. 'max_steps=20,max_step_tokens=256'.")] = "",
     generator: Annotated[str, typer.Option(
-        help="Generator spec: llamacpp (embedded), openai:URL, or py:MODULE:FACTORY.")
-    ] = DEFAULT_GENERATOR,
-    model: Annotated[str | None, typer.Option(help="Model name or path for the generator.")
-                     ] = None,
+        "--generator", "-g",
+        help="Generator spec: llamacpp[:MODEL] (embedded), openai:URL[,URL...], or "
+             "py:MODULE:FACTORY.")] = "llamacpp",
+    model: Annotated[str | None, typer.Option(
+        help="The embedded model (known name, .gguf path, hf:REPO/FILE; default "
+             "qwen2.5-0.5b); with --generator openai:URL the served model's name.")] = None,
     reward: Annotated[str | None, typer.Option(
-        help="Reward spec (default: the registry's default), e.g. arith, judge+arith.")] = None,
+        "--reward", "-r",
+        help="Reward spec, e.g. arith, judge+arith (default: arith*logprob; arith with "
+             "openai:URL, which reports no log-probabilities).")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for HTTP generators.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="openai:URL: seconds per request (default 120); a generation that times out is "
@@ -87,7 +90,8 @@ def eval_command(
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster address (default: start a local Ray).")] = None,
     ray_workers: Annotated[int | None, typer.Option(
-        help="Ray workers (each builds its own backends; default: cluster CPUs).")] = None,
+        help="Ray workers (each builds its own generator and reward; default: cluster "
+             "CPUs).")] = None,
     grading_workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
     grading_timeout: Annotated[float, typer.Option(help="Seconds per graded answer.")] = 10.0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -100,29 +104,26 @@ def eval_command(
         raise ConfigError(f"executor: unknown {executor!r}; choose local or ray")
     if ray_address and executor != "ray":
         raise ConfigError("ray-address: only with --executor ray")
-    common = parse_options(options, "options")
+    common = parse_options(options, "--options")
     specs = parse_methods(methods, common)
     budget_list = parse_budgets(budgets)
     seed_list = parse_seeds(seeds)
     id_list = tuple(i.strip() for i in ids.split(",") if i.strip()) if ids else None
-    backend = BackendSpec(generator=generator, model=model, reward=reward, api_key=api_key,
-                          timeout=timeout, retries=retries, template=template,
-                          step_boundary=step_boundary)
-    validate(backend)
+    setup = Setup(generator=generator, model=model, reward=reward, api_key=api_key,
+                  timeout=timeout, retries=retries, template=template,
+                  step_boundary=step_boundary)
+    setup.check()
     ds = load_dataset(dataset, question_field=question_field, answer_field=answer_field,
                       id_field=id_field, extractor=answer_extractor, grading=grading,
                       selection=Selection(limit=limit, sample=sample, seed=seed, ids=id_list))
     cfg = SweepConfig(
         dataset=ds, methods=specs, budgets=budget_list, seeds=seed_list, out=out,
-        backend=backend,
+        setup=setup,
         options=common, concurrency=concurrency, force=force, reuse_samples=reuse_samples,
         traces=traces, grader_workers=grading_workers, grading_timeout_s=grading_timeout,
     )
     console = Console(stderr=True)
     if reward is not None and spec_uses_answer_key(reward):
-        for _, name in parse_spec(reward):
-            if name.partition(":")[0].strip() == "reference":
-                make_reward(name)  # its options (noise >= 0, ...) before any model load
         check_answer_key(ds)
         console.print(f"note: reward {reward!r} uses the answer key (each problem's worked "
                       "solution): an instrument for studying the algorithms; its accuracies are "

@@ -4,9 +4,15 @@ Settings come from ``--config FILE`` (TOML or YAML, see :mod:`particlescale.serv
 and flags, flags winning. API keys are best passed in ``PARTICLESCALE_API_KEYS``
 (comma-separated): flags show in ``ps``.
 
+``--generator``, ``--model`` and ``--reward`` mean what they mean in ``solve`` and ``eval``
+(:mod:`particlescale.wiring`): ``--model NAME`` alone serves the embedded model NAME (flags win
+over the file's generators); with ``-g openai:URL`` it is the upstream model's name, and it
+applies to every ``-g``.
+
 Start-up checks everything it can before a model loads: the settings, the reward against the
-generators, and the address (a port in use or a host that cannot be bound is one ``error:``
-line and exit 2). Serving beyond the loopback interface without API keys prints a warning.
+generators, the model files, and the address (a port in use or a host that cannot be bound is
+one ``error:`` line and exit 2). Serving beyond the loopback interface without API keys prints
+a warning.
 """
 
 from __future__ import annotations
@@ -60,8 +66,8 @@ def is_loopback(host: str) -> bool:
 
 def with_client_options(generators: tuple[Any, ...], options: dict[str, Any]) -> list[Any]:
     """The generator settings with ``options`` (``--timeout``...) set on every server
-    generator; a :class:`ConfigError` when none is a server."""
-    from particlescale.backends.registry import HTTP_GENERATORS
+    generator; a :class:`ConfigError` when none is a server (the one ``solve`` gives)."""
+    from particlescale.backends.registry import HTTP_GENERATORS, client_options
 
     if not options:
         return list(generators)
@@ -71,9 +77,9 @@ def with_client_options(generators: tuple[Any, ...], options: dict[str, Any]) ->
             g = g.model_copy(update={"options": {**g.options, **options}})
         out.append(g)
     if out == list(generators):
-        flags = ", ".join(f"--{k}" for k in options)
-        raise ConfigError(f"{flags}: only for generators on a server (openai:URL); none is "
-                          "configured")
+        # raises, naming the flags and the fix (the generator's `boundary` is --step-boundary)
+        client_options(generators[0].spec, **{("step_boundary" if k == "boundary" else k): v
+                                              for k, v in options.items()})
     return out
 
 
@@ -85,9 +91,12 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default 8000; 0 = any free port)."),
     generator: list[str] | None = typer.Option(
         None, "--generator", "-g",
-        help="Generator spec, repeatable; the first is the default (default: embedded "
-             "llamacpp:qwen2.5-0.5b). E.g. openai:http://host:8000/v1"),
-    model: str | None = typer.Option(None, help="Upstream model name for openai: generators."),
+        help="Generator spec, repeatable; the first is the default: llamacpp[:MODEL] "
+             "(embedded; default llamacpp:qwen2.5-0.5b), openai:URL[,URL...] or "
+             "py:MODULE:FACTORY."),
+    model: str | None = typer.Option(
+        None, help="The embedded model (known name, .gguf path, hf:REPO/FILE; default "
+                   "qwen2.5-0.5b); with --generator openai:URL the served model's name."),
     reward: str | None = typer.Option(
         None, "--reward", "-r", help="Reward spec, e.g. arith (default arith*logprob; arith "
                                      "when a generator is a server)."),
@@ -108,6 +117,9 @@ def serve(
     template: str | None = typer.Option(
         None, help="openai: generators: chat template of the served model (auto, server, hf, "
                    "qwen, llama3)."),
+    step_boundary: str | None = typer.Option(
+        None, "--step-boundary", help="openai: generators: how a step ends and the next "
+                                      "resumes: auto, stop, stream, regenerate (docs/remote.md)."),
     api_key: list[str] | None = typer.Option(
         None, "--api-key", help="Accepted bearer key, repeatable (prefer the environment "
                                 "variable PARTICLESCALE_API_KEYS)."),
@@ -118,7 +130,6 @@ def serve(
         import uvicorn
 
         from particlescale.server import create_app, load_config
-        from particlescale.server.backends import build_backends
     except ImportError as e:
         raise ConfigError(f"serve: the server needs the 'server' extra ({e.name} is missing); "
                           "run: pip install 'particlescale[server]'") from None
@@ -127,25 +138,27 @@ def serve(
     generators = None
     if generator:
         generators = [{"spec": g, "model": model} for g in generator]
-    elif model is not None:
-        raise ConfigError("--model: give it with --generator openai:URL (the upstream model)")
+    elif model is not None:  # as in solve and eval: the embedded model
+        generators = [{"spec": "llamacpp", "model": model}]
     cfg = load_config(
         config, host=host, port=port, generators=generators, reward=reward, method=method,
         budget=budget, max_budget=max_budget, max_concurrent=max_concurrent,
         request_timeout=request_timeout, max_body_bytes=max_body_bytes,
         api_keys=tuple(api_key) if api_key else None,
     )
-    options = client_options("openai:", timeout=timeout, retries=retries, template=template)
+    options = client_options("openai:", timeout=timeout, retries=retries, template=template,
+                             step_boundary=step_boundary)
     cfg = cfg.model_copy(update={"generators": tuple(with_client_options(cfg.generators,
                                                                          options))})
+    cfg.check()  # model files too, as solve and eval check them
     sock = bind(cfg.host, cfg.port)  # before any model loads
     try:
         if not cfg.keys() and not is_loopback(cfg.host):
             print(f"warning: serving on {cfg.host} without API keys: anyone who can reach this "
                   "machine can run generations on it; set PARTICLESCALE_API_KEYS (or "
                   "--api-key) or bind 127.0.0.1", file=sys.stderr)
-        backends = build_backends(cfg)  # model errors surface here as one 'error:' line
-        server = uvicorn.Server(uvicorn.Config(create_app(cfg, backends=backends),
+        wired = cfg.wire()  # model errors surface here as one 'error:' line
+        server = uvicorn.Server(uvicorn.Config(create_app(cfg, wired=wired),
                                                host=cfg.host, port=cfg.port,
                                                log_level=log_level,
                                                timeout_graceful_shutdown=5))

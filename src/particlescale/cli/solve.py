@@ -14,6 +14,7 @@ cancels the run: the session, the reward and the engine are closed before exitin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -29,37 +30,16 @@ from particlescale.algorithms import make_config
 from particlescale.api import MAX_BUDGET, asolve
 from particlescale.cli.app import app
 from particlescale.errors import ConfigError
-from particlescale.models import DEFAULT_GENERATOR
+from particlescale.eval.specs import parse_options
+from particlescale.models import DEFAULT_MODEL
 from particlescale.types import Problem, Result
+from particlescale.wiring import Setup, redact
 
 MAX_ROWS = 20
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["resampling=systematic", "ess_threshold=0.5"]`` → a dict of method options.
-
-    Values stay strings (pydantic converts ``"0.5"`` / ``"4"`` / ``"true"`` to the option's
-    type and names the option when it cannot); ``none`` / ``null`` mean None.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"--option: expected KEY=VALUE, got {item!r} "
-                              "(e.g. -o resampling=systematic; see `particlescale methods`)")
-        value = value.strip()
-        out[key] = None if value.lower() in ("none", "null") else value
-    return out
-
-
 def _check_inputs(question: str, method: str, options: dict[str, Any], budget: int,
-                  seed: int | None, reward: str, trace: Path | None,
-                  generator: str = "llamacpp", model: str | None = None) -> None:
-    from particlescale.rewards.checks import check_reward_spec
-    from particlescale.rewards.combine import parse_spec
-    from particlescale.rewards.registry import make_reward
-
+                  seed: int | None, trace: Path | None) -> None:
     if not question.strip():
         raise ConfigError("question: is empty; pass the problem text, e.g. "
                           "particlescale solve \"What is 12 * 7?\"")
@@ -68,38 +48,8 @@ def _check_inputs(question: str, method: str, options: dict[str, Any], budget: i
         raise ConfigError(f"--budget: must be between 1 and {MAX_BUDGET} particles, got {budget}")
     if seed is not None and seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {seed}")
-    for _, name in parse_spec(reward):
-        if name.partition(":")[0].strip() == "reference":
-            make_reward(name)  # a bad option (noise < 0, ...) is named first
-            raise ConfigError("--reward: 'reference' scores by a worked solution (the answer "
-                              "key) and a question given to solve has none; it is an "
-                              "instrument for datasets that carry one: particlescale eval -d "
-                              "gsm8k --reward reference")
-    check_reward_spec(reward, _full_spec(generator))
     if trace is not None and not trace.expanduser().resolve().parent.is_dir():
         raise ConfigError(f"--trace: the folder of {str(trace)!r} does not exist")
-    if _full_spec(generator).startswith("llamacpp:") and not (model or "").startswith("hf:"):
-        from particlescale import models
-
-        models.resolve(model or DEFAULT_GENERATOR)  # unknown, not pulled, missing, corrupt
-
-
-def _full_spec(spec: str) -> str:
-    from particlescale.backends.registry import GENERATORS
-
-    return f"{spec}:" if ":" not in spec and spec in GENERATORS else spec
-
-
-def _build_generator(spec: str, model: str | None, api_key: str | None,
-                     features: bool = False, client: dict[str, Any] | None = None) -> Any:
-    from particlescale.backends.registry import make_generator
-
-    spec = _full_spec(spec)  # "llamacpp" = "llamacpp:" with --model
-    if spec.startswith("llamacpp:") and model is None:
-        model = DEFAULT_GENERATOR
-    # The value reward reads the engine's hidden states, recorded only when asked for.
-    kw = {"embeddings": True} if features and spec.startswith("llamacpp:") else {}
-    return make_generator(spec, model=model, api_key=api_key, **kw, **(client or {}))
 
 
 class _Status:
@@ -165,16 +115,6 @@ def _print_result(console: Console, result: Result) -> None:
     console.print(f"[bold]answer:[/bold] {escape(str(result.answer))}", highlight=False)
 
 
-async def _close(*things: Any) -> None:
-    for thing in things:
-        aclose = getattr(thing, "aclose", None)
-        if callable(aclose):
-            await aclose()
-        close = getattr(thing, "close", None)
-        if callable(close):
-            close()
-
-
 @app.command()
 def solve(
     question: str = typer.Argument(..., help="the problem to solve"),
@@ -185,10 +125,11 @@ def solve(
     seed: int | None = typer.Option(None, "--seed", help="random seed (reproducible runs)"),
     model: str | None = typer.Option(
         None, "--model",
-        help=f"generator model: known name, .gguf path or hf:REPO/FILE (default "
-             f"{DEFAULT_GENERATOR}); with --generator openai:URL the served model's name"),
-    generator: str = typer.Option("llamacpp", "--generator",
-                                  help="llamacpp (embedded) or openai:URL[,URL...]"),
+        help=f"the embedded model: known name, .gguf path or hf:REPO/FILE (default "
+             f"{DEFAULT_MODEL}); with --generator openai:URL the served model's name"),
+    generator: str = typer.Option("llamacpp", "--generator", "-g",
+                                  help="llamacpp[:MODEL] (embedded), openai:URL[,URL...] or "
+                                       "py:MODULE:FACTORY"),
     reward: str | None = typer.Option(
         None, "--reward", "-r",
         help="arith, logprob, judge[:MODEL|:URL], vllm-prm:URL, ... or a product such as "
@@ -218,44 +159,35 @@ def solve(
                                       help="write the run's trace (JSON) to this file"),
 ) -> None:
     """Solve QUESTION with an inference-time scaling method and print the answer."""
-    from particlescale.backends.registry import client_options
-    from particlescale.rewards.checks import default_reward
-
-    options = parse_options(option)
-    reward = reward or default_reward(_full_spec(generator))
-    client = client_options(generator, timeout=timeout, retries=retries, template=template,
-                            step_boundary=step_boundary)
-    _check_inputs(question, method, options, budget, seed, reward, trace, generator, model)
+    options = parse_options(option, "--option")
+    setup = Setup(generator=generator, model=model, reward=reward, api_key=api_key,
+                  timeout=timeout, retries=retries, template=template,
+                  step_boundary=step_boundary)
+    _check_inputs(question, method, options, budget, seed, trace)
+    setup = dataclasses.replace(setup, reward=setup.check(answer_key=False))
     err = Console(stderr=True)
     out = Console() if not as_json else err
     try:
-        asyncio.run(_run(question, method, budget, seed, model, generator, reward, options,
-                         api_key, as_json, trace, err, out, client))
+        asyncio.run(_run(question, method, budget, seed, setup, options, as_json, trace, err,
+                         out))
     except KeyboardInterrupt:
         # asyncio.run has cancelled the run: its sessions and the engine are closed by now.
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
 
 
-async def _run(question: str, method: str, budget: int, seed: int | None, model: str | None,
-               generator_spec: str, reward_spec: str, options: dict[str, Any],
-               api_key: str | None, as_json: bool, trace: Path | None, err: Console,
-               out: Console, client: dict[str, Any] | None = None) -> None:
-    from particlescale.rewards.registry import make_reward
-
-    gen = rew = None
-    try:
-        with err.status(f"loading {escape(model or generator_spec)} ..."):
-            gen = _build_generator(generator_spec, model, api_key,
-                                   features="value" in reward_spec, client=client)
-            rew = make_reward(reward_spec, generator=gen)
+async def _run(question: str, method: str, budget: int, seed: int | None, setup: Setup,
+               options: dict[str, Any], as_json: bool, trace: Path | None, err: Console,
+               out: Console) -> None:
+    with err.status(f"loading {escape(redact(setup.model or setup.generator))} ..."):
+        wired = setup.wire(answer_key=False)
+    async with wired:
+        gen, rew = wired.generator, wired.reward
         err.print(f"[dim]generator {escape(gen.name)}, reward {escape(rew.name)}[/dim]")
         with _Status(err, method, budget) as status:
             result = await asolve(Problem(question=question.strip()), generator=gen, reward=rew,
                                   method=method, budget=budget, seed=seed, progress=status,
                                   **options)
-    finally:
-        await _close(rew, gen)
     if trace is not None:
         try:
             trace.expanduser().write_text(json.dumps(result.trace.to_dict(), indent=1))

@@ -13,7 +13,6 @@ by :mod:`particlescale.eval.grading` (exact numbers, then math-verify in worker 
 re-running resumes. ``particlescale eval`` / ``particlescale report`` are the CLI faces.
 """
 
-from particlescale.eval.backends import BackendSpec
 from particlescale.eval.datasets import PROFILES, Dataset, Selection, load_dataset
 from particlescale.eval.grading import Grade, Grader
 from particlescale.eval.report import write_report
@@ -22,7 +21,6 @@ from particlescale.eval.sweep import SweepConfig, SweepSummary, arun_sweep, run_
 
 __all__ = [
     "PROFILES",
-    "BackendSpec",
     "Dataset",
     "Grade",
     "Grader",

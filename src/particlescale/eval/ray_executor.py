@@ -3,7 +3,7 @@
 ::
 
     driver:  state = SweepState(cfg)            # validates, loads results.jsonl, plans
-             W actors, each builds its own generator + reward from cfg.backend (strings only)
+             W actors, each builds its own generator + reward from cfg.setup (strings only)
              W x concurrency lanes:  task -> actor.run(task) -> state.finish(task, outcome)
     actor:   outcome = run_task(task, its generator, its reward)     # same code as local
 
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from particlescale.errors import ConfigError, ParticlescaleError
-from particlescale.eval.backends import PLUGIN, BackendSpec, aclose_backends, build_backends
 from particlescale.eval.sweep import (
     ProgressSink,
     SweepConfig,
@@ -35,37 +34,38 @@ from particlescale.eval.sweep import (
     Task,
     run_task,
 )
+from particlescale.wiring import PLUGIN, Setup, Wired
 
 
 class EvalWorker:
-    """A Ray actor: one set of backends, many tasks (``max_concurrency`` at a time)."""
+    """A Ray actor: one generator and reward, many tasks (``max_concurrency`` at a time)."""
 
-    def __init__(self, backend: BackendSpec):
-        self.backend = backend
-        self.generator: Any = None
-        self.reward: Any = None
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.wired: Wired | None = None
         self._lock: asyncio.Lock | None = None
 
     async def ready(self) -> str:
-        """Build the backends now, so that a bad model fails the sweep before any task."""
+        """Build the generator and reward now: a bad model fails the sweep before any task."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self.generator is None:
-                self.generator, self.reward = build_backends(self.backend)
+            if self.wired is None:
+                self.wired = self.setup.wire()
         return f"{os.uname().nodename}:{os.getpid()}"
 
     async def run(self, task: Task) -> dict[str, Any]:
         await self.ready()
-        return await run_task(task, self.generator, self.reward)
+        assert self.wired is not None
+        return await run_task(task, self.wired.generator, self.wired.reward)
 
     async def close(self) -> None:
-        if self.generator is not None:
-            await aclose_backends(self.reward, self.generator)
-            self.generator = self.reward = None
+        if self.wired is not None:
+            await self.wired.aclose()
+            self.wired = None
 
 
-def absolute_plugins(spec: BackendSpec) -> BackendSpec:
+def absolute_plugins(spec: Setup) -> Setup:
     """Plugin file paths made absolute: Ray workers do not run in the driver's cwd."""
 
     def fix(s: str | None) -> str | None:
@@ -120,13 +120,13 @@ async def arun_sweep_ray(
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         n = min(n, len(todo))
         actor_cls = ray.remote(num_cpus=1)(EvalWorker)
-        backend = absolute_plugins(cfg.backend)
-        actors = [actor_cls.options(max_concurrency=cfg.concurrency).remote(backend)
+        setup = absolute_plugins(cfg.setup)
+        actors = [actor_cls.options(max_concurrency=cfg.concurrency).remote(setup)
                   for _ in range(n)]
         try:
             await asyncio.gather(*(a.ready.remote() for a in actors))
         except Exception as e:
-            raise ParticlescaleError(f"ray: a worker could not build its backends: "
+            raise ParticlescaleError(f"ray: a worker could not build its generator and reward: "
                                      f"{_cause(e)}") from None
         queue: asyncio.Queue[Task] = asyncio.Queue()
         for t in todo:

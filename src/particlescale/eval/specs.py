@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,17 +125,24 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
-def parse_options(text: str, where: str) -> dict[str, Any]:
-    """``a=1,b=x`` -> ``{"a": 1, "b": "x"}``; ``where`` names the spec in errors."""
+def parse_options(text: str | Sequence[str], where: str) -> dict[str, Any]:
+    """Method options: ``"a=1,b=x"`` (top-level commas) or ``["a=1", "b=x"]`` (one per item:
+    ``solve -o``) -> ``{"a": 1, "b": "x"}``. Values as :func:`parse_value` reads them; ``-`` in
+    a name means ``_``; ``where`` names the flag or spec in errors. The one parser of options
+    of every face (``solve -o``, ``eval --options`` and ``--methods 'pf(...)'``)."""
     options: dict[str, Any] = {}
-    if not text.strip():
-        return options
-    for item in split_top_level(text):
+    if isinstance(text, str):
+        if not text.strip():
+            return options
+        items = split_top_level(text)
+    else:
+        items = list(text)
+    for item in items:
         key, eq, value = item.partition("=")
-        key = key.strip()
+        key = key.strip().replace("-", "_")
         if not eq or not _KEY.match(key):
-            raise ConfigError(f"{where}: option {item.strip()!r} must be NAME=VALUE, "
-                              "e.g. pf(resampling=systematic)")
+            raise ConfigError(f"{where}: option {item.strip()!r} must be NAME=VALUE, e.g. "
+                              "resampling=systematic (see `particlescale methods`)")
         if key in options:
             raise ConfigError(f"{where}: option {key!r} given twice")
         options[key] = parse_value(value)

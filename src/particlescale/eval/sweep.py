@@ -56,7 +56,6 @@ from particlescale.algorithms.selection import select_answer
 from particlescale.answers import normalize_answer
 from particlescale.api import asolve
 from particlescale.errors import ConfigError
-from particlescale.eval.backends import BackendSpec, aclose_backends, build_backends, validate
 from particlescale.eval.datasets import Dataset
 from particlescale.eval.grading import DEFAULT_TIMEOUT_S, Grade, Grader
 from particlescale.eval.plan import Member, Task, plan, planned_keys
@@ -73,6 +72,7 @@ from particlescale.eval.store import (
 )
 from particlescale.protocols import Generator, RewardModel
 from particlescale.types import Candidate
+from particlescale.wiring import Setup, Wired
 
 TRACES = "traces"
 
@@ -86,7 +86,7 @@ class SweepConfig:
     budgets: list[int]
     seeds: list[int]
     out: Path
-    backend: BackendSpec = field(default_factory=BackendSpec)
+    setup: Setup = field(default_factory=Setup)
     options: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1
     force: bool = False
@@ -107,14 +107,15 @@ class SweepConfig:
         if not 0 < self.grading_timeout_s < float("inf"):
             raise ConfigError(f"grading-timeout: must be a number of seconds > 0, got "
                               f"{self.grading_timeout_s}")
-        validate(self.backend)
+        self.setup.check()
         # Validate each variant together with the common options (they apply to every method).
         self.methods = [parse_method(m.label, self.options) for m in self.methods]
 
     def hashed(self) -> dict[str, Any]:
         """What changes results; budgets, seeds, methods and the problem selection do not
         (adding them extends a sweep)."""
-        return {"dataset": self.dataset.describe(), "backend": self.backend.describe(),
+        # "backend": the key of the setup since before it had that name (hashes stay the same)
+        return {"dataset": self.dataset.describe(), "backend": self.setup.describe(),
                 "options": self.options, "reuse_samples": self.reuse_samples}
 
     def describe(self) -> dict[str, Any]:
@@ -431,19 +432,19 @@ async def arun_sweep(
     on_task_done: Callable[[Task], None] | None = None,
 ) -> SweepSummary:
     """Run what remains of a sweep in this process (``cfg.concurrency`` tasks in flight over one
-    shared generator and reward). Backends are built from ``cfg.backend`` unless given."""
+    shared generator and reward), built from ``cfg.setup`` unless given."""
     state = SweepState(cfg, progress)
     try:
         todo = state.pending()
         state.start_progress()
         if not todo:
             return state.summary
-        own = generator is None
-        if own:
-            generator, reward = build_backends(cfg.backend)
+        if generator is None:
+            wired = cfg.setup.wire()
         elif reward is None:
             raise ConfigError("reward: pass a reward model together with the generator")
-        assert generator is not None and reward is not None
+        else:
+            wired = Wired(generator, reward)  # the caller's: not closed here
         queue: asyncio.Queue[Task] = asyncio.Queue()
         for t in todo:
             queue.put_nowait(t)
@@ -454,16 +455,13 @@ async def arun_sweep(
                     task = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                outcome = await run_task(task, generator, reward)
+                outcome = await run_task(task, wired.generator, wired.reward)
                 await state.finish(task, outcome)
                 if on_task_done is not None:
                     on_task_done(task)
 
-        try:
+        async with wired:
             await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
-        finally:
-            if own:
-                await aclose_backends(reward, generator)
         return state.summary
     finally:
         state.close()

@@ -3,8 +3,9 @@ loads, and the default reward for those generators.
 
 ``check_reward_spec`` refuses, in milliseconds and with the fix in the message, what would
 otherwise fail after a model load or in the middle of the first run: an unknown reward name,
-a ``value:PATH`` or ``judge:PATH.gguf`` file that is not there, a judge model that is not
-pulled, and ``logprob`` with a generator that reports no step log-probabilities.
+a served reward without its URL, an argument to a reward that takes none, a ``value:PATH`` or
+``judge:PATH.gguf`` file that is not there, a judge model that is not pulled, and ``logprob``
+(``value``) with a generator that reports no step log-probabilities (hidden states).
 
 ``default_reward`` is :data:`~particlescale.rewards.registry.DEFAULT_REWARD`
 (``arith*logprob``) when every generator reports step log-probabilities (the embedded
@@ -22,6 +23,9 @@ from particlescale.errors import ConfigError
 FALLBACK_REWARD = "arith"
 """The default reward for generators without step log-probabilities."""
 _LOGPROBS = {"llamacpp": True, "openai": False}
+_SERVED = ("vllm-prm", "math-shepherd")
+"""Rewards that are a model on a server: ``PREFIX:URL``."""
+_NO_ARG = ("arith", "logprob")
 
 
 def reports_step_logprobs(generator_spec: str) -> bool | None:
@@ -56,6 +60,19 @@ def check_reward_spec(spec: str, generator_specs: str | Sequence[str] = (), *,
         if prefix not in REWARDS:
             raise ConfigError(f"{flag}: unknown {prefix!r}; choose one of {', '.join(REWARDS)} "
                               "or combine them, e.g. 'judge+arith'")
+        if prefix in _SERVED and not arg.startswith(("http://", "https://")):
+            raise ConfigError(f"{flag}: {prefix!r} needs its server's URL, e.g. "
+                              f"{prefix}:http://localhost:8001")
+        if prefix in _NO_ARG and arg:
+            raise ConfigError(f"{flag}: {prefix!r} takes no argument, got {prefix}:{arg}; "
+                              f"write {prefix}")
+        if prefix == "value":
+            for g in _specs(generator_specs):
+                kind = g.strip().partition(":")[0]
+                if kind in _LOGPROBS and kind != "llamacpp":
+                    raise ConfigError(f"{flag}: 'value' reads the embedded generator's hidden "
+                                      f"states; generator {kind!r} has none: use the embedded "
+                                      "llamacpp generator or another reward")
         if prefix == "value" and arg:
             path = Path(arg).expanduser()
             if not path.is_file():

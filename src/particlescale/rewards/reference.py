@@ -306,7 +306,7 @@ class ReferenceReward:
         return [self.noisy(problem, t, self.clean_scores(problem, t)) for t in trajectories]
 
 
-def parse_options(arg: str | None) -> dict[str, float | int]:
+def parse_arg(arg: str | None) -> dict[str, float | int]:
     """``noise=0.5,seed=2`` -> ``{"noise": 0.5, "seed": 2}``; ConfigError on anything else."""
     opts: dict[str, float | int] = {}
     for part in (arg or "").split(","):

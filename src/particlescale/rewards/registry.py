@@ -63,9 +63,9 @@ def _judge(arg: str | None, generator: Generator | None) -> RewardModel:
 
 
 def _reference(arg: str | None, generator: Generator | None) -> RewardModel:
-    from particlescale.rewards.reference import ReferenceReward, parse_options
+    from particlescale.rewards.reference import ReferenceReward, parse_arg
 
-    return ReferenceReward(**parse_options(arg))  # type: ignore[arg-type]
+    return ReferenceReward(**parse_arg(arg))  # type: ignore[arg-type]
 
 
 def uses_answer_key(reward: object) -> bool:

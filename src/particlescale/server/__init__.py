@@ -12,11 +12,11 @@ back as the assistant message::
 Modules: ``config`` (file + flags), ``schemas`` (request/response shapes and what each OpenAI
 field means here), ``translate`` (request -> run), ``capped`` (max_tokens / stop),
 ``runs`` (a task per request, cancellation), ``responses`` (bodies and SSE chunks),
-``errors`` (status codes), ``auth``, ``limits``, ``metrics``, ``backends``, ``app``.
+``errors`` (status codes), ``auth``, ``limits``, ``metrics``, ``readiness``, ``app``. The
+generators and the reward are built by :mod:`particlescale.wiring` (as every face builds them).
 """
 
 from particlescale.server.app import create_app
-from particlescale.server.backends import Backends
 from particlescale.server.config import ServerConfig, load_config
 
-__all__ = ["Backends", "ServerConfig", "create_app", "load_config"]
+__all__ = ["ServerConfig", "create_app", "load_config"]

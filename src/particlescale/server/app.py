@@ -7,9 +7,10 @@ configured, the per-backend details only for a request with a key), ``GET /metri
 no handler expected is a 500 JSON error on a connection that stays open (the traceback goes to
 the log), never a reset.
 
-``create_app(config)`` builds the configured backends at startup and closes them at shutdown;
-``create_app(config, backends=...)`` serves objects the caller built (tests, benchmarks, one
-engine shared with other code) and leaves closing them to the caller.
+``create_app(config)`` builds the configured generators and reward at startup
+(:func:`particlescale.wiring.wire`) and closes them at shutdown; ``create_app(config,
+wired=Wired(...))`` serves objects the caller built (tests, benchmarks, one engine shared with
+other code) and leaves closing them to the caller.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from particlescale import __version__
 from particlescale.algorithms import METHODS
 from particlescale.server import responses
 from particlescale.server.auth import BearerAuth, KeyCheck
-from particlescale.server.backends import Backends, build_backends, close_backends, readiness
 from particlescale.server.config import ServerConfig
 from particlescale.server.errors import APIError, SafeJSONResponse
 from particlescale.server.limits import BodyLimit, RunSlots
 from particlescale.server.metrics import Metrics
+from particlescale.server.readiness import readiness
 from particlescale.server.runs import ClientGone, Lease, ServerState, log, run_plain, run_stream
 from particlescale.server.schemas import (
     ChatCompletion,
@@ -46,6 +47,7 @@ from particlescale.server.schemas import (
     ModelList,
 )
 from particlescale.server.translate import run_spec
+from particlescale.wiring import Wired
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics")
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500,
@@ -156,19 +158,20 @@ def validation_error(exc: RequestValidationError) -> APIError:
                     kind="bad_request")
 
 
-def create_app(config: ServerConfig | None = None, *, backends: Backends | None = None) -> FastAPI:
+def create_app(config: ServerConfig | None = None, *, wired: Wired | None = None) -> FastAPI:
+    """The server app. ``wired``: the generators (by model id) and reward to serve, closed at
+    shutdown only when they are its own (``owned``: built by ``wire()``); default: built from
+    ``config`` at start-up."""
     config = config or ServerConfig()
     metrics = Metrics()
     keys = KeyCheck(config.keys())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        b = backends if backends is not None else build_backends(config)
-        app.state.ps = ServerState(config, b, metrics, RunSlots(config.limits.max_concurrent))
-        try:
+        w = wired if wired is not None else config.wire()
+        app.state.ps = ServerState(config, w, metrics, RunSlots(config.limits.max_concurrent))
+        async with w:  # closes only what wire() built
             yield
-        finally:
-            await close_backends(b)
 
     app = FastAPI(title="particlescale", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible chat completions that scale inference-time "
@@ -216,7 +219,7 @@ def create_app(config: ServerConfig | None = None, *, backends: Backends | None 
     async def ready(request: Request) -> JSONResponse:
         """Readiness: every generator and the reward backend answers. With API keys
         configured, per-backend details are shown only to a request with a valid key."""
-        checks = await readiness(state(request).backends)
+        checks = await readiness(state(request).wired)
         ok = all(c["ready"] for c in checks.values())
         body: dict[str, Any] = {"status": "ready" if ok else "unavailable"}
         try:

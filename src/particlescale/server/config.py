@@ -42,11 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from particlescale.algorithms import METHODS
 from particlescale.errors import ConfigError
-from particlescale.models import DEFAULT_GENERATOR as DEFAULT_MODEL
+from particlescale.models import DEFAULT_MODEL
 from particlescale.rewards.checks import default_reward
-from particlescale.rewards.registry import spec_uses_answer_key
+from particlescale.wiring import DEFAULT_GENERATOR_SPEC, GeneratorSetting, Wired, check, wire
 
-DEFAULT_GENERATOR = f"llamacpp:{DEFAULT_MODEL}"
 DEFAULT_PRESET_BUDGETS = (4, 8, 16)
 """``pf-4``, ``pf-8``, ``pf-16`` are listed by ``/v1/models`` unless ``presets`` says otherwise."""
 
@@ -58,19 +57,22 @@ class _Strict(BaseModel):
 class GeneratorConfig(_Strict):
     """One language model the server can route to."""
 
-    spec: str = Field(DEFAULT_GENERATOR, min_length=1,
-                      description="Generator spec for particlescale.backends.registry."
-                                  "make_generator, e.g. 'llamacpp:qwen2.5-0.5b' or "
+    spec: str = Field(DEFAULT_GENERATOR_SPEC, min_length=1,
+                      description="Generator spec (particlescale.wiring), e.g. "
+                                  "'llamacpp:qwen2.5-0.5b', 'llamacpp' (with model) or "
                                   "'openai:http://host:8000/v1'.")
     id: str | None = Field(None, description="Model id clients use; default: model, else the "
                                              "part of spec after the first ':' (for a spec "
                                              "with a URL: the part before it, e.g. 'openai': "
                                              "clients never see an upstream address).")
-    model: str | None = Field(None, description="Upstream model name (OpenAI-compatible servers).")
+    model: str | None = Field(None, description="As --model: the embedded model (spec "
+                                                "'llamacpp'), or the upstream model's name "
+                                                "(openai:URL).")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream "
                                                       "API key (keys never go in files).")
     options: dict[str, Any] = Field(default_factory=dict,
-                                    description="Extra keyword arguments for make_generator.")
+                                    description="Extra keyword arguments of the generator "
+                                                "(timeout, retries, template for openai:URL).")
 
     @property
     def model_id(self) -> str:
@@ -81,7 +83,15 @@ class GeneratorConfig(_Strict):
         prefix, _, rest = self.spec.partition(":")
         if "://" in rest:
             return prefix
+        if prefix == "llamacpp" and not rest.strip():
+            return DEFAULT_MODEL
         return rest or self.spec
+
+    def setting(self) -> GeneratorSetting:
+        """What :func:`particlescale.wiring.wire` builds (the key read from the environment)."""
+        api_key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return GeneratorSetting(self.spec, self.model, api_key, dict(self.options),
+                                self.model_id)
 
 
 class Preset(_Strict):
@@ -106,8 +116,8 @@ class ServerConfig(_Strict):
     generators: tuple[GeneratorConfig, ...] = Field(
         default_factory=lambda: (GeneratorConfig(),), min_length=1)
     reward: str | None = Field(
-        None, min_length=1, description="Reward spec for particlescale.rewards.registry."
-                                        "make_reward; default: arith*logprob, or arith when a "
+        None, min_length=1, description="Reward spec (particlescale.wiring); default: "
+                                        "arith*logprob, or arith when a "
                                         "generator reports no step log-probabilities (servers).")
     method: str = Field("pf", description="Method of requests that name none.")
     budget: int = Field(8, ge=1, description="Budget of requests that name none.")
@@ -130,11 +140,6 @@ class ServerConfig(_Strict):
         if self.budget > self.limits.max_budget:
             raise ValueError(f"budget: default {self.budget} exceeds limits.max_budget "
                              f"{self.limits.max_budget}")
-        if self.reward is not None and spec_uses_answer_key(self.reward):
-            raise ValueError(f"reward: {self.reward!r} reads the answer key ('reference' is an "
-                             "instrument for studying algorithms on datasets with worked "
-                             "solutions); a server answers questions that have none, so it is "
-                             "not served; choose e.g. arith*logprob or judge")
         ids = [g.model_id for g in self.generators]
         if len(set(ids)) != len(ids):
             raise ValueError(f"generators: ids must be unique, got {ids}; set 'id' on each")
@@ -157,6 +162,17 @@ class ServerConfig(_Strict):
     def reward_spec(self) -> str:
         """The configured reward, or the default that works with the generators."""
         return self.reward or default_reward([g.spec for g in self.generators])
+
+    def check(self, *, files: bool = True) -> None:
+        """Check the generators and the reward as every face does (particlescale.wiring),
+        without loading a model (``files=False``: nor looking for model files); a served
+        question has no answer key (no ``reference``)."""
+        check([g.setting() for g in self.generators], self.reward, answer_key=False,
+              files=files)
+
+    def wire(self) -> Wired:
+        """Build the generators (by model id) and the reward (may load models: seconds)."""
+        return wire([g.setting() for g in self.generators], self.reward, answer_key=False)
 
     def preset_table(self) -> dict[str, Preset]:
         if self.presets is not None:
@@ -218,7 +234,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     if limits:
         data["limits"] = limits
     try:
-        return ServerConfig(**data)
+        cfg = ServerConfig(**data)
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -226,3 +242,5 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(msg if err["type"] == "value_error" else f"{loc}: {msg}")
         raise ConfigError("config: " + "; ".join(lines)) from None
+    cfg.check(files=False)  # the specs' kinds, URLs, options and reward, as every face checks
+    return cfg

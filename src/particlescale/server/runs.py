@@ -28,14 +28,15 @@ from starlette.requests import Request
 from particlescale.api import asolve
 from particlescale.backends.http import redact_url
 from particlescale.server import responses
-from particlescale.server.backends import Backends, upstream_addresses
 from particlescale.server.capped import CappedGenerator, CapState
 from particlescale.server.config import ServerConfig
 from particlescale.server.errors import APIError, from_exception
 from particlescale.server.limits import RunSlots
 from particlescale.server.metrics import Metrics
+from particlescale.server.readiness import upstream_addresses
 from particlescale.server.translate import RunSpec
 from particlescale.types import Result
+from particlescale.wiring import Wired
 
 log = logging.getLogger("particlescale.server")
 
@@ -64,7 +65,7 @@ class ClientGone(Exception):
 @dataclass
 class ServerState:
     config: ServerConfig
-    backends: Backends
+    wired: Wired
     metrics: Metrics
     slots: RunSlots
     hide: tuple[str, ...] = field(default=())
@@ -72,7 +73,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         if not self.hide:
-            specs = [*self.backends.specs.values(), *(g.spec for g in self.config.generators),
+            specs = [*self.wired.specs.values(), *(g.spec for g in self.config.generators),
                      self.config.reward or ""]
             self.hide = upstream_addresses(specs)
 
@@ -96,10 +97,10 @@ async def execute(state: ServerState, spec: RunSpec,
                   progress: Callable[[dict[str, Any]], None] | None = None,
                   ) -> tuple[Result, CapState]:
     """Run ``spec`` under the request timeout; record tokens and run counts."""
-    gen = CappedGenerator(state.backends.generators[spec.generator], spec.max_tokens, spec.stop,
+    gen = CappedGenerator(state.wired.generators[spec.generator], spec.max_tokens, spec.stop,
                           spec.max_steps)
     async with asyncio.timeout(state.config.limits.request_timeout):
-        result = await asolve(spec.problem, generator=gen, reward=state.backends.reward,
+        result = await asolve(spec.problem, generator=gen, reward=state.wired.reward,
                               method=spec.method, budget=spec.budget, seed=spec.seed,
                               progress=progress, **spec.options)
     state.metrics.observe_usage(result.usage)

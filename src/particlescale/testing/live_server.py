@@ -16,15 +16,16 @@ import numpy as np
 import uvicorn
 
 from particlescale.protocols import GenerationSession, Generator, SamplingParams
-from particlescale.server import Backends, ServerConfig, create_app
+from particlescale.server import ServerConfig, create_app
 from particlescale.types import Particle, Problem, Step, Usage
+from particlescale.wiring import Wired
 
 
 class LiveServer:
-    """``create_app(config, backends=...)`` served by uvicorn in a background thread."""
+    """``create_app(config, wired=...)`` served by uvicorn in a background thread."""
 
-    def __init__(self, config: ServerConfig, backends: Backends) -> None:
-        self.app = create_app(config, backends=backends)
+    def __init__(self, config: ServerConfig, wired: Wired) -> None:
+        self.app = create_app(config, wired=wired)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted sockets inherit it. Without it, a server handed a pre-bound socket answers

@@ -33,7 +33,7 @@ from particlescale.backends.llamacpp.engine import (
     ParentSpec,
     SeqHandle,
 )
-from particlescale.models import DEFAULT_GENERATOR
+from particlescale.models import DEFAULT_MODEL
 from particlescale.prompts import DEFAULT_SYSTEM_PROMPT
 from particlescale.protocols import SamplingParams
 from particlescale.types import Particle, Problem, Step, Usage
@@ -192,7 +192,7 @@ class LlamaCppGenerator:
     an engine is created with ``engine_options`` (``n_ctx``, ``n_seq_max``, ``embeddings``...).
     """
 
-    def __init__(self, model: LlamaEngine | str | os.PathLike[str] = DEFAULT_GENERATOR, *,
+    def __init__(self, model: LlamaEngine | str | os.PathLike[str] = DEFAULT_MODEL, *,
                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, **engine_options: Any) -> None:
         if isinstance(model, LlamaEngine):
             if engine_options:

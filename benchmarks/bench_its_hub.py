@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                     "rewards only: its_hub gets no log-probabilities)")
     ap.add_argument("--max-steps", type=int, default=16)
     ap.add_argument("--max-step-tokens", type=int, default=256)
-    ap.add_argument("--ctx", type=int, default=4096, help="llama-server context (unified KV)")
+    ap.add_argument("--ctx", type=int, default=4096,
+                    help="context: llama-server's (unified KV), vLLM's --max-model-len")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--request-timeout", type=float, default=600.0)
@@ -269,7 +270,8 @@ def vllm_rows(args: argparse.Namespace, problems: list[Problem], tmp: Path,
     if harness.python() is None:
         sys.exit(f"--vllm: no vLLM venv at {harness.VENV}: run `make vllm-venv` first")
     dirs = harness.prepare_models(tmp)
-    server = harness.VllmServer(harness.GEN_NAME, dirs["gen"], ["--generation-config", "vllm"],
+    server = harness.VllmServer(harness.GEN_NAME, dirs["gen"],
+                                ["--generation-config", "vllm", "--max-model-len", str(args.ctx)],
                                 tmp / "vllm.log").start()
     try:
         server.wait_ready(time.monotonic() + 900)

@@ -30,7 +30,8 @@ Arms, run alternated (problem ``i`` starts with arm ``i mod 3``), one at a time:
 
 Per arm: accuracy (Wilson 95%), and per problem the wall time of the algorithm (interpreter
 start excluded), generation requests, generated and prompt tokens, the longest prompt, and
-the problems that ended in an error (e.g. a context overflow). The machine must be otherwise
+the problems that ended in an error (e.g. a context overflow) with the HTTP errors behind
+them (its_hub retries a 500 three times). The machine must be otherwise
 idle for the wall times to mean anything; the full run (~1-2 h on 2 cores):
 
     make bench-its-hub            # = python -m benchmarks.bench_its_hub \\
@@ -202,7 +203,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{mean('wall_s'):.1f} | {mean('gen_requests'):.1f} | "
                 f"{mean('generated_tokens'):.0f} | {mean('prompt_tokens'):.0f} | "
                 f"{max(r['max_prompt_tokens'] for r in rs)} | "
-                f"{sum(r['error'] is not None for r in rs)}/{n} |")
+                f"{sum(r['error'] is not None for r in rs)}/{n} "
+                f"({sum(r['errors'] for r in rs)} HTTP) |")
     return "\n".join(lines)
 
 
@@ -289,12 +291,16 @@ Particle filtering, N={args.budget}, first {args.problems} GSM8K test problems, 
 0.8, top-p 1, at most {args.max_steps} steps of {args.max_step_tokens} tokens; generator
 `{args.model}` on llama-server (qwen2.5-0.5b's bf16 export on vLLM). Requests and tokens are
 counted by a proxy from the server's usage fields; wall time is the algorithm's, per problem;
-arms alternate. "errors": problems that ended in an error (e.g. a context overflow).
+arms alternate. "errors": problems that ended in an error (e.g. a context overflow), and
+the answers with an HTTP status other than 200 (retries included).
 
 {text}
 
 - its_hub 1.2.0 sends a step's particle requests concurrently (one chat request per particle);
   ours sends one request per distinct parent with `n` (`n_cmpl` on llama-server).
+- its_hub ends a particle only at its `stop_token` (`\\boxed`) or its step cap, not at the
+  end of the model's turn: a particle whose turn ends without a boxed answer is asked to
+  continue, a request per step, until the cap (ours ends it at EOS).
 - Out of the box on llama-server, its_hub appends the server's echo of the assistant prefix
   as a new step, so its prompts double each step ("longest prompt"); "echo-trim" is its_hub
   with that reply trimmed (benchmarks/its_hub_runner.py `EchoTrimmingLM`).

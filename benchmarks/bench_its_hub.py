@@ -74,13 +74,14 @@ VARIANT = {"its_hub out-of-box": "out-of-box", "its_hub + echo-trim": "echo-trim
 
 
 class LlamaServer:
-    """llama.cpp's native server on 127.0.0.1 (own process group), neutral sampling defaults."""
+    """llama.cpp's native server on 127.0.0.1 (own process group), neutral sampling defaults,
+    one slot per particle with ``ctx`` tokens each."""
 
     def __init__(self, exe: Path, model: Path, parallel: int, ctx: int, threads: int,
                  log: Path) -> None:
         self.port = free_port()
         self.cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                    "--parallel", str(parallel), "--kv-unified", "-c", str(ctx),
+                    "--parallel", str(parallel), "-c", str(ctx * parallel),
                     "--threads", str(threads), "--top-k", "0", "--min-p", "0", "--top-p", "1",
                     "--repeat-penalty", "1", "--no-webui"]
         self.log = log
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=16)
     ap.add_argument("--max-step-tokens", type=int, default=256)
     ap.add_argument("--ctx", type=int, default=4096,
-                    help="context: llama-server's (unified KV), vLLM's --max-model-len")
+                    help="context per sequence: llama-server's per slot, vLLM's --max-model-len")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--request-timeout", type=float, default=600.0)

@@ -82,7 +82,7 @@ $(LLAMA_SERVER): | $(VENV)/bin/python
 
 llama-server: $(LLAMA_SERVER)
 
-bench-its-hub: $(VENV)/.demo-installed $(ITSHUB_VENV)/.installed $(LLAMA_SERVER)
+bench-its-hub: $(VENV)/.dev-installed $(ITSHUB_VENV)/.installed $(LLAMA_SERVER)
 	$(PS) models pull qwen2.5-0.5b
 	$(PY) -m benchmarks.bench_its_hub --llama-server $(LLAMA_SERVER) \
 		--itshub-python $(ITSHUB_VENV)/bin/python $(BENCH_ITS_HUB_ARGS)

@@ -120,7 +120,7 @@ class LlamaServer:
 
 async def run_ours(url: str, model: str, problem: Problem, args: argparse.Namespace,
                    seed: int) -> dict[str, Any]:
-    gen = OpenAIGenerator(url + "/v1", model, timeout=args.request_timeout, retries=0,
+    gen = OpenAIGenerator(url + "/v1", model, timeout=args.request_timeout,
                           max_n_per_request=args.budget)
     t0 = time.perf_counter()
     try:
@@ -272,8 +272,12 @@ def vllm_rows(args: argparse.Namespace, problems: list[Problem], tmp: Path,
 
     if harness.python() is None:
         sys.exit(f"--vllm: no vLLM venv at {harness.VENV}: run `make vllm-venv` first")
-    dirs = harness.prepare_models(tmp)
-    server = harness.VllmServer(harness.GEN_NAME, dirs["gen"],
+    gen_dir = harness.generator_dir()  # qwen2.5-0.5b's bf16 export, made once and cached
+    r = harness.particlescale_in_venv("models", "export-hf", harness.GEN_NAME, str(gen_dir),
+                                      timeout=1200)
+    if r.returncode != 0:
+        sys.exit(f"--vllm: export-hf failed: {r.stderr[-1000:]}")
+    server = harness.VllmServer(harness.GEN_NAME, gen_dir,
                                 ["--generation-config", "vllm", "--max-model-len", str(args.ctx)],
                                 tmp / "vllm.log").start()
     try:

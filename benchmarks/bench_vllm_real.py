@@ -7,8 +7,10 @@ the generator's request pattern differs between rows (same seeds):
 
 - ours: one ``/v1/completions`` request per distinct parent with ``n`` = its children, all
   parents of a step in flight at once;
-- naive loop: one request per particle, awaited one after another (its_hub's pattern);
-- naive concurrent: one request per particle, all in flight at once.
+- naive loop: one request per particle, awaited one after another (the simplest client;
+  its_hub 1.2.0 is *not* this: it sends a step's particle requests concurrently, see
+  bench_its_hub.py);
+- naive concurrent: one request per particle, all in flight at once (its_hub 1.2.0's pattern).
 
 Per step: wall time, requests, and vLLM's prefix-cache hit rate over the run (the change in
 ``vllm:prefix_cache_hits_total`` / ``vllm:prefix_cache_queries_total`` from ``/metrics``).
@@ -161,7 +163,8 @@ PRM scoring (`vllm-prm`, {16} trajectories of {steps + 1} steps, every prefix):
 - A CPU server is compute-bound: naive *concurrent* requests are batched by vLLM just as the
   `n` choices of ours are, and vLLM's automatic prefix caching finds the shared prompt either
   way (hit rates alike), so against that pattern ours saves requests, not wall time, here;
-  against the naive loop (its_hub's pattern) the gain grows with N. Rows of one N draw
+  against the naive loop the gain grows with N (its_hub 1.2.0 sends one request per
+  particle *concurrently*, the naive concurrent row; `bench:its-hub` runs it). Rows of one N draw
   different samples (per-request seeds), so their token counts differ a little.
 - Load average during the run: {load:.1f} (a shared 2-core machine).
 """

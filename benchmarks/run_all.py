@@ -17,6 +17,8 @@ HERE = ROOT / "benchmarks"
 # These read shards sampled by hours of CPU (train-prm, bench_value --work) and take their
 # paths as arguments (see each module's docstring); run them by hand, not from here.
 NEEDS_DATA = {"value", "value_features", "value_data"}
+# These need builds outside the project's venv and an idle machine for an hour or more.
+NEEDS_BUILD = {"its_hub": "make bench-its-hub"}
 
 
 def modules() -> dict[str, str]:
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(set(chosen) & NEEDS_DATA):
         print(f"== {chosen.pop(name)}: skipped, needs sampled shards as arguments "
               f"(python -m {found[name]} --help)", flush=True)
+    for name in sorted(set(chosen) & set(NEEDS_BUILD)):
+        print(f"== {chosen.pop(name)}: skipped, run it by hand on an idle machine: "
+              f"{NEEDS_BUILD[name]}", flush=True)
     failed = []
     for module in chosen.values():
         print(f"== {module}", flush=True)

@@ -64,6 +64,9 @@ RUNS: dict[str, tuple[str, str, int, str, dict[str, Any]]] = {
     "A-pf4": ("A", "pf", 4, "reference", {}),
     "A-pf16": ("A", "pf", 16, "reference", {}),
     "A-dvts16": ("A", "dvts", 16, "reference", {}),
+    # the diagnosis of pf@4's collapse (1.5 distinct final answers against 3.5 for 4 samples):
+    # resample only when the ESS falls below N/2
+    "A-pf4-ess": ("A", "pf", 4, "reference", {"ess_threshold": 0.5}),
     "B-pf16": ("B", "pf", 16, f"reference:noise={NOISE_B:g}", {}),
     "B-dvts16": ("B", "dvts", 16, f"reference:noise={NOISE_B:g}", {}),
     "C-pf16": ("C", "pf", 16, "arith*logprob", {}),

@@ -26,6 +26,7 @@ from benchmarks.common import write_section
 from benchmarks.record import read_record
 from particlescale.algorithms.common import aggregation_for, candidates_from
 from particlescale.algorithms.selection import select_answer
+from particlescale.answers import normalize_answer
 from particlescale.eval.report import budget_multiplier, cells_from_rows
 from particlescale.rewards.registry import make_reward
 from particlescale.stats import paired_bootstrap, wilson
@@ -85,6 +86,8 @@ async def baseline_rows(problems: dict[str, Problem], samples: dict[str, dict],
             first = ps[:b]
             scores = np.array([_agg(p.rewards, agg) for p in first])
             tokens = sum(sum(s["tokens"]) for s in rec["samples"][:b])
+            distinct = len({normalize_answer(s["answer"]) for s in rec["samples"][:b]
+                            if s["answer"] is not None})
             for name, (selector, weighted) in BASELINES.items():
                 lw = np.log(np.clip(scores, 1e-12, None)) if weighted else np.zeros(b)
                 cands = candidates_from(first, lw, agg)
@@ -92,7 +95,7 @@ async def baseline_rows(problems: dict[str, Problem], samples: dict[str, dict],
                 label = name if name == "self-consistency" else f"{name} ({spec})"
                 rows.append({"problem": pid, "method": label, "budget": b,
                              "correct": bool(verdict.get(a, 0)) if a is not None else False,
-                             "usage": {"generated_tokens": tokens},
+                             "usage": {"generated_tokens": tokens}, "distinct": distinct,
                              "candidates": [{"correct": bool(verdict.get(c.answer, 0)),
                                              "weight": c.weight, "copies": c.copies}
                                             for c in cands]})
@@ -116,7 +119,8 @@ def run_rows(phase: str, done: dict[str, dict]) -> list[dict[str, Any]]:
         cands = [{"correct": bool(c[3]), "weight": c[1], "copies": c[2]}
                  for c in r["candidates"]]
         rows.append({"problem": pid, "method": name, "budget": budget,
-                     "correct": bool(r["correct"]), "usage": usage, "candidates": cands})
+                     "correct": bool(r["correct"]), "usage": usage, "candidates": cands,
+                     "distinct": r["population_answers"]})
         for sel, ok in r["correct_by"].items():
             if sel != "argmax" and method == "pf":
                 rows.append({"problem": pid, "method": f"{name}; {sel}", "budget": budget,
@@ -178,10 +182,15 @@ def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
             curve = {x: [(c, acc(x, c)) for c in BUDGETS if (x, c) in by] for x in base}
             mult = "; ".join(f"{x}: {budget_multiplier([(b, a.mean())], curve[x])[b]}"
                              for x in base)
+            spread = {x: np.mean([r["distinct"] for r in rows if r["method"] == x
+                                  and r["budget"] == b and r["problem"] in got])
+                      for x in (m, base[0])}
             lines += ["", f"**{m}@{b}** (n={len(pids)}): {a.mean():.1%}; minus the best "
                       f"baseline at N={b} ({best}, {z.mean():.1%}): {paired(a, z, rng)} (95% "
                       f"paired bootstrap over problems). Budget multiplier (the budget each "
-                      f"baseline needs to match it, on these problems): {mult}."]
+                      f"baseline needs to match it, on these problems): {mult}. Distinct answers "
+                      f"in the final population: {spread[m]:.2f}, against {spread[base[0]]:.2f} "
+                      f"among {b} independent samples."]
     return lines, curves
 
 

@@ -93,6 +93,21 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
 
 
+def lost_connection(method: str, url: str, e: BaseException, connect_within: float
+                    ) -> BackendError:
+    """The connection could not be made (in ``connect_within`` s) or dropped: an error that
+    says which and what to check."""
+    if isinstance(e, _CONNECTION_TIMEOUT):
+        return BackendError(f"{method} {url}: cannot connect within {connect_within:g} s "
+                            f"({type(e).__name__}); is the server up and the URL right?",
+                            kind="connect")
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return BackendError(f"{method} {url}: cannot connect ({_connect_reason(e)}); is the "
+                            "server running and the URL right?", kind="connect")
+    return BackendError(f"{method} {url}: connection dropped ({type(e).__name__})",
+                        kind="connect")
+
+
 def _connect_reason(e: aiohttp.ClientConnectorError) -> str:
     """Why a connection failed, without the address (it is in the message already)."""
     os_error = getattr(e, "os_error", None)
@@ -210,6 +225,9 @@ class HttpEndpoint:
                                      closer)
         return self._state
 
+    def _lost(self, method: str, url: str, e: BaseException) -> BackendError:
+        return lost_connection(method, url, e, min(self.timeout, self.connect_timeout))
+
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:
             try:
@@ -242,10 +260,7 @@ class HttpEndpoint:
                         if status == 429:
                             retry_after = resp.headers.get("Retry-After")
                 except _CONNECTION_TIMEOUT as e:  # never connected: nothing was sent
-                    last = BackendError(f"{method} {url}: cannot connect within "
-                                        f"{min(self.timeout, self.connect_timeout):g} s "
-                                        f"({type(e).__name__}); is the server up and the URL "
-                                        "right?", kind="connect")
+                    last = self._lost(method, url, e)
                 except (TimeoutError, aiohttp.ServerTimeoutError) as e:
                     last = BackendError(
                         f"{method} {url}: no answer within {self.timeout:g} s "
@@ -255,14 +270,9 @@ class HttpEndpoint:
                         raise BackendError(
                             f"{last} (not sent again: the server may still be working on it)",
                             kind="timeout") from None
-                except aiohttp.ClientConnectorError as e:
-                    last = BackendError(f"{method} {url}: cannot connect ({_connect_reason(e)}); "
-                                        "is the server running and the URL right?",
-                                        kind="connect")
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                        aiohttp.ClientOSError) as e:
-                    last = BackendError(f"{method} {url}: connection dropped "
-                                        f"({type(e).__name__})", kind="connect")
+                        aiohttp.ClientOSError) as e:  # also ClientConnectorError
+                    last = self._lost(method, url, e)
             if status is not None:
                 if 200 <= status < 300:
                     try:
@@ -322,10 +332,7 @@ class HttpEndpoint:
                                 resp.close()  # early exit: drop the connection
                             return
                 except _CONNECTION_TIMEOUT as e:  # never connected: nothing was sent
-                    last = BackendError(f"POST {url}: cannot connect within "
-                                        f"{min(self.timeout, self.connect_timeout):g} s "
-                                        f"({type(e).__name__}); is the server up and the URL "
-                                        "right?", kind="connect")
+                    last = self._lost("POST", url, e)
                 except (TimeoutError, aiohttp.ServerTimeoutError) as e:
                     last = BackendError(f"POST {url}: stream stalled for {self.timeout:g} s "
                                         f"({type(e).__name__}); raise the timeout (--timeout, "
@@ -335,14 +342,9 @@ class HttpEndpoint:
                         raise BackendError(
                             f"{last} (not sent again: the server may still be working on it)",
                             kind="timeout") from None
-                except aiohttp.ClientConnectorError as e:
-                    last = BackendError(f"POST {url}: cannot connect ({_connect_reason(e)}); "
-                                        "is the server running and the URL right?",
-                                        kind="connect")
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                        aiohttp.ClientOSError) as e:
-                    last = BackendError(f"POST {url}: connection dropped "
-                                        f"({type(e).__name__})", kind="connect")
+                        aiohttp.ClientOSError) as e:  # also ClientConnectorError
+                    last = self._lost("POST", url, e)
             if started:  # part of the answer is out: the caller cannot resume it
                 assert last is not None
                 raise last

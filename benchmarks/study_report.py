@@ -153,13 +153,15 @@ def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
              "| method | " + " | ".join(f"N={b}" for b in BUDGETS) + " | tokens/problem |",
              "|---|" + "---|" * (len(BUDGETS) + 1)]
     curves: dict[str, list[tuple[int, float]]] = {}
+    full = max(c.n for c in cells.values())
     for m in methods:
         cs = [cells.get((m, b)) for b in BUDGETS]
         lines.append(f"| {m} | " + " | ".join(cell_text(c.correct, c.n) if c else "·"
                                                for c in cs)
                      + " | " + ", ".join(f"{c.mean(c.tokens):.0f}@{c.budget}" for c in cs if c)
                      + " |")
-        curves[m] = [(c.budget, c.accuracy) for c in cs if c]
+        if ";" not in m:  # the plot: default selectors, cells on every sampled problem only
+            curves[m] = [(c.budget, c.accuracy) for c in cs if c and c.n == full]
     shown = {"independent samples": base[0]} if base else {}
     shown.update({m: m for m in runs if ";" not in m})
     lines += ["", "pass@N (some solution or final particle correct): " + "; ".join(
@@ -284,7 +286,9 @@ def study_report(args: argparse.Namespace, problems: list[Problem]) -> str:
     png = Path(args.record).parent / "scaling.png"
     if panels:
         plot(panels, png)
-        lines += ["", f"![scaling](benchmarks/results/{png.name})"]
+        lines += ["", "The plot shows only cells measured on every sampled problem (a run still "
+                  "growing is in its table, not in the plot).", "",
+                  f"![scaling](benchmarks/results/{png.name})"]
     body = "\n".join(lines)
     print(body)
     if args.phase is None:

@@ -54,9 +54,9 @@ BAD = [
     (["q", "--budget", "0"], "--budget: must be between 1 and 4096"),
     (["q", "--budget", "5000"], "--budget: must be between 1 and 4096"),
     (["q", "--seed", "-1"], "--seed: must be >= 0"),
-    (["q", "-o", "nonsense=1"], "unknown option 'nonsense'"),
-    (["q", "-o", "resampling=bogus"], "option 'resampling'"),
-    (["q", "-o", "novalue"], "--option: option 'novalue' must be NAME=VALUE"),
+    (["q", "-O", "nonsense=1"], "unknown option 'nonsense'"),
+    (["q", "-O", "resampling=bogus"], "option 'resampling'"),
+    (["q", "-O", "novalue"], "--option: option 'novalue' must be NAME=VALUE"),
     (["q", "--reward", "nope"], "--reward: unknown 'nope'"),
     (["q", "--reward", "arith+"], "reward: cannot read"),
     (["q", "--reward", "arith", "--model", "nope"], "model: unknown name 'nope'"),
@@ -132,7 +132,7 @@ def test_solve_end_to_end_gives_a_boxed_answer(tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly() -> None:
     proc = subprocess.Popen(
         _cli("solve", NATALIA, "--model", "smollm2-135m", "--budget", "16", "--seed", "0",
-             "--reward", "arith", "-o", "max_steps=40", "-o", "max_step_tokens=512"),
+             "--reward", "arith", "-O", "max_steps=40", "-O", "max_step_tokens=512"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         # A child inherits an ignored SIGINT (earlier tests in this process may ignore it),

@@ -135,7 +135,7 @@ def solve(
         help="arith, logprob, judge[:MODEL|:URL], vllm-prm:URL, ... or a product such as "
              "judge+arith, 0.5*arith+judge (default: arith*logprob; arith with openai:URL, "
              "which reports no log-probabilities)"),
-    option: list[str] = typer.Option([], "--option", "-o",
+    option: list[str] = typer.Option([], "--option", "-O",
                                      help="method option KEY=VALUE (repeatable; see "
                                           "`particlescale methods`)"),
     api_key: str | None = typer.Option(None, "--api-key",

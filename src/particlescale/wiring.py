@@ -123,9 +123,6 @@ def _check_url(url: str, flag: str) -> None:
                           "http://localhost:8000/v1")
 
 
-HTTP_OPTIONS = ("timeout", "retries", "template", "boundary")
-
-
 def check_generator(spec: str, model: str | None = None,
                     options: Mapping[str, Any] | None = None, *,
                     files: bool = True) -> tuple[str, str | None]:
@@ -133,13 +130,10 @@ def check_generator(spec: str, model: str | None = None,
     ``template``: only for servers) and (``files``) the embedded model's file (known, pulled,
     intact)."""
     full, model = resolve_generator(spec, model)
-    http = {k: v for k, v in (options or {}).items() if k in HTTP_OPTIONS}
-    if http:
-        from particlescale.backends.registry import client_options
+    if options:
+        from particlescale.backends.registry import check_client_options
 
-        # the generator's keyword is ``boundary``; the flag (and client_options) say step_boundary
-        client_options(full, **{("step_boundary" if k == "boundary" else k): v
-                                for k, v in http.items()})
+        check_client_options(full, options)
     if files and full.startswith("llamacpp:"):
         name = full.partition(":")[2]
         if not name.startswith("hf:"):  # hf: downloads: left to the build

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from particlescale.errors import ConfigError
@@ -91,6 +91,13 @@ def client_options(spec: str, *, timeout: float | None = None, retries: int | No
             raise ConfigError(f"--step-boundary: unknown {step_boundary!r}; choose one of "
                               f"{', '.join(BOUNDARIES)}")
     return given
+
+
+def check_client_options(spec: str, options: Mapping[str, Any]) -> None:
+    """:func:`client_options` for options already in the generator's keywords (``boundary``
+    is the flag ``--step-boundary``); other keys are not client options and are ignored."""
+    client_options(spec, **{("step_boundary" if k == "boundary" else k): v
+                            for k, v in options.items() if k in FLAGS})
 
 
 FALLBACK: Builder | None = None

@@ -67,7 +67,7 @@ def is_loopback(host: str) -> bool:
 def with_client_options(generators: tuple[Any, ...], options: dict[str, Any]) -> list[Any]:
     """The generator settings with ``options`` (``--timeout``...) set on every server
     generator; a :class:`ConfigError` when none is a server (the one ``solve`` gives)."""
-    from particlescale.backends.registry import HTTP_GENERATORS, client_options
+    from particlescale.backends.registry import HTTP_GENERATORS, check_client_options
 
     if not options:
         return list(generators)
@@ -77,9 +77,7 @@ def with_client_options(generators: tuple[Any, ...], options: dict[str, Any]) ->
             g = g.model_copy(update={"options": {**g.options, **options}})
         out.append(g)
     if out == list(generators):
-        # raises, naming the flags and the fix (the generator's `boundary` is --step-boundary)
-        client_options(generators[0].spec, **{("step_boundary" if k == "boundary" else k): v
-                                              for k, v in options.items()})
+        check_client_options(generators[0].spec, options)  # raises: names the flags, the fix
     return out
 
 

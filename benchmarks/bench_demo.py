@@ -43,11 +43,13 @@ def main() -> int:
         return 1
     answer = re.search(r"^answer: (.*)$", out, re.M)
     solve = re.search(r"tokens generated, .* ([0-9.]+) s$", out, re.M)
+    method = re.search(r"^method (\S+):", out, re.M)  # the default the solve line printed
     body = f"""## `make demo` from a clean clone (bench_demo.py)
 
 Clean `git clone`, no virtual environment, pip's cache off (llama-cpp-python built from
 source), empty model cache (`qwen2.5-0.5b` downloaded from the package index, unpacked and
-hashed); then `particlescale solve` with `pf`, budget 8, seed 0.
+hashed); then `particlescale solve` with its default method
+(`{method.group(1) if method else '?'}`), budget 8, seed 0.
 
 - Wall time of `make demo`: **{wall / 60:.1f} min** (target < {TARGET_S // 60} min), of which the
   solve itself {solve.group(1) if solve else '?'} s.

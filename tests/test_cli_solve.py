@@ -156,3 +156,19 @@ def test_ctrl_c_stops_cleanly() -> None:
     assert proc.returncode == 130, seen + err
     assert "interrupted" in err
     assert "Traceback" not in seen + err
+
+
+@pytest.mark.model
+@pytest.mark.skipif(not is_pulled("smollm2-135m"), reason="run: particlescale models pull "
+                    "smollm2-135m")
+def test_solve_without_method_runs_the_measured_default_for_its_reward() -> None:
+    # issue 20, item 4: with a CPU reward pf answered fewer problems than majority voting,
+    # so `solve` (and `make demo`) run weighted majority voting unless told otherwise
+    proc = subprocess.run(
+        _cli("solve", "What is 2 + 3?", "--model", "smollm2-135m", "--budget", "2", "--seed",
+             "0", "--reward", "arith", "-O", "max_steps=4", "--json"),
+        capture_output=True, text=True,  # no limit: it ends by itself, however busy the CPUs
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["method"] == "weighted-best-of-n"
+    assert "method weighted-best-of-n" in proc.stderr and "--method pf" in proc.stderr

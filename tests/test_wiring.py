@@ -280,3 +280,37 @@ def test_the_step_boundary_travels_with_the_setup_and_is_checked() -> None:
         dataclasses.replace(s, step_boundary="later").check()
     with pytest.raises(ConfigError, match="--step-boundary: only for generators on a server"):
         Setup(generator="llamacpp", reward="arith", step_boundary="stop").check()
+
+
+@pytest.mark.parametrize(("reward", "method"), [
+    ("arith*logprob", "weighted-best-of-n"),  # the CPU default reward
+    ("arith", "weighted-best-of-n"),
+    ("0.5*value*arith", "weighted-best-of-n"),
+    ("judge:qwen2.5-1.5b+arith", "weighted-best-of-n"),  # a local judge is measured weak too
+    ("judge:http://u:hunter2@gpu:8000/v1", "pf"),  # a served judge may be a strong model
+    ("vllm-prm:http://u:hunter2@gpu:8001", "pf"),
+    ("vllm-prm:http://gpu:8001*arith", "pf"),  # a PRM in the product: pf
+    ("math-shepherd:http://gpu:8002", "pf"),
+    (f"{PLUGIN}:make_reward", "pf"),  # the user's own reward: the paper's method
+])
+def test_default_method_is_pf_only_with_a_reward_that_can_rank_steps(reward: str,
+                                                                     method: str) -> None:
+    from particlescale.wiring import default_method
+
+    got, why = default_method(reward)
+    assert got == method, why
+    assert "hunter2" not in why
+    assert ("near chance" in why) == (method != "pf")
+
+
+def test_solve_without_method_names_its_default_and_refuses_pf_options_with_the_fix(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["particlescale", "solve", "What is 2 + 2?", "-r", "arith",
+                                      "-g", f"openai:{URL}", "--model", "m",
+                                      "-O", "resampling=systematic"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "unknown option 'resampling'" in err and "add --method pf" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

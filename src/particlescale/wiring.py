@@ -173,6 +173,38 @@ def check_reward(spec: str | None, generators: str | Sequence[str] = (), *,
     return spec
 
 
+WEAK_REWARDS = ("arith", "logprob", "value", "judge")
+"""Built-in rewards that run on this machine, all measured to rank one problem's partial
+solutions near chance (BENCHMARKS ``value-steps``; a served ``judge:URL`` is not one of them)."""
+DEFAULT_METHOD_WEAK = "weighted-best-of-n"
+DEFAULT_METHOD = "pf"
+
+
+def default_method(reward_spec: str) -> tuple[str, str]:
+    """The method ``solve`` runs when none is named, and why (issue 20, item 4).
+
+    With a reward made only of :data:`WEAK_REWARDS`, particle filtering answered fewer GSM8K
+    problems than majority voting at the same budget (resampling on scores that cannot rank
+    partial solutions spends the population's diversity), while weighted majority voting with
+    the same reward answered at least as many at every budget measured (BENCHMARKS
+    ``reference-study`` tier C and ``value``): that is the default there. With any other reward
+    (a served PRM, a plugin) the default is the paper's ``pf``."""
+    from particlescale.rewards.combine import parse_spec
+
+    names = [] if reward_spec.startswith(PLUGIN) else [n for _, n in parse_spec(reward_spec)]
+
+    def weak(name: str) -> bool:
+        prefix, _, arg = (x.strip() for x in name.partition(":"))
+        return prefix in WEAK_REWARDS and not arg.startswith(("http://", "https://"))
+
+    if names and all(weak(n) for n in names):
+        return DEFAULT_METHOD_WEAK, (
+            f"the reward {redact(reward_spec)} ranks partial solutions near chance, and pf "
+            "with it answered fewer problems than majority voting (BENCHMARKS reference-study)")
+    return DEFAULT_METHOD, (f"the reward {redact(reward_spec)} is not one of the CPU rewards "
+                            "measured weak, so the paper's particle filtering")
+
+
 # ---------------------------------------------------------------------------------------------
 # Building
 

@@ -32,8 +32,9 @@ from particlescale.cli.app import app
 from particlescale.errors import ConfigError
 from particlescale.eval.specs import parse_options
 from particlescale.models import DEFAULT_MODEL
+from particlescale.rewards.registry import DEFAULT_REWARD
 from particlescale.types import Problem, Result
-from particlescale.wiring import Setup, redact
+from particlescale.wiring import Setup, default_method, redact
 
 MAX_ROWS = 20
 
@@ -118,9 +119,11 @@ def _print_result(console: Console, result: Result) -> None:
 @app.command()
 def solve(
     question: str = typer.Argument(..., help="the problem to solve"),
-    method: str = typer.Option("pf", "--method", "-m",
-                               help="pf, pg, pt, greedy, self-consistency, best-of-n, "
-                                    "weighted-best-of-n, beam, dvts"),
+    method: str | None = typer.Option(
+        None, "--method", "-m",
+        help="pf, pg, pt, greedy, self-consistency, best-of-n, weighted-best-of-n, beam, dvts "
+             "(default: pf with a process reward model; weighted-best-of-n with the CPU "
+             "rewards, with which pf answered fewer problems than majority voting)"),
     budget: int = typer.Option(8, "--budget", "-n", help="particles / samples (N; N*T for pg)"),
     seed: int | None = typer.Option(None, "--seed", help="random seed (reproducible runs)"),
     model: str | None = typer.Option(
@@ -163,10 +166,23 @@ def solve(
     setup = Setup(generator=generator, model=model, reward=reward, api_key=api_key,
                   timeout=timeout, retries=retries, template=template,
                   step_boundary=step_boundary)
-    _check_inputs(question, method, options, budget, seed, trace)
+    defaulted = method is None
+    if method is None:  # every default reward is a CPU one; a named reward is parsed
+        method = default_method(reward if reward and reward.strip() else DEFAULT_REWARD)[0]
+    try:
+        _check_inputs(question, method, options, budget, seed, trace)
+    except ConfigError as e:
+        if not (defaulted and str(e).startswith(method)):
+            raise
+        raise ConfigError(f"{e} ({method} is the default with this reward; add --method pf "
+                          "for pf's options)") from None
     setup = dataclasses.replace(setup, reward=setup.check(answer_key=False))
     err = Console(stderr=True)
     out = Console() if not as_json else err
+    if defaulted:
+        method, why = default_method(setup.reward)
+        hint = "--method pf for particle filtering" if method != "pf" else "--method to choose"
+        err.print(f"[dim]method {method}: {escape(why)}; {hint}[/dim]")
     try:
         asyncio.run(_run(question, method, budget, seed, setup, options, as_json, trace, err,
                          out))

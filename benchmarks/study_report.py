@@ -47,6 +47,20 @@ TIER_NOTES = {
          "above chance, final answers still well (BENCHMARKS `reference-quality`).",
     "C": "The CPU default reward: step AUC at chance, outcome AUC about 0.69.",
 }
+READING = (
+    "Reading (the mechanism, from the lines above). Under the answer key best-of-n is an "
+    "oracle verifier, so pf can beat it only by putting a correct answer into its population "
+    "on problems where independent samples have none: at N=16 it finds as many such problems as "
+    "it loses (its population's pass@16 equals the samples'), at N=4 it loses more than it "
+    "finds, because resampling at every step collapses the population onto one or two routes "
+    "before the key can tell them apart (step AUC 0.64; `ess_threshold=0.5` keeps more routes "
+    "and loses fewer). DVTS, whose subtrees never compete, finds the most. Its selection is not "
+    "the problem: with the key it almost never picks a wrong answer from a population that holds "
+    "a right one. With step scores blurred to chance (tier B) resampling discards correct routes "
+    "on a third of the problems, while best-of-n, which needs only the still-good final scores, "
+    "keeps them; with the CPU reward (tier C) pf both loses routes and, its final scores being "
+    "weak, picks wrong answers from populations that held right ones. pf's advantage in the paper "
+    "rests on a PRM that ranks partial solutions far better than any reward this machine has.")
 # baseline -> (selector, weighted by the reward)
 BASELINES = {"self-consistency": ("vote", False), "best-of-n": ("argmax", True),
              "weighted-best-of-n": ("weighted-vote", True)}
@@ -192,8 +206,30 @@ def tier_section(tier: str, rows: list[dict[str, Any]], rng: np.random.Generator
                       f"paired bootstrap over problems). Budget multiplier (the budget each "
                       f"baseline needs to match it, on these problems): {mult}. Distinct answers "
                       f"in the final population: {spread[m]:.2f}, against {spread[base[0]]:.2f} "
-                      f"among {b} independent samples."]
+                      f"among {b} independent samples. {sources(rows, m, base[0], b, got)}"]
     return lines, curves
+
+
+def sources(rows: list[dict[str, Any]], run: str, indep: str, b: int,
+            got: dict[str, bool]) -> str:
+    """Where a run's accuracy comes from, against b independent samples of the same problems:
+    an oracle verifier (best-of-n under the answer key) answers exactly where some sample is
+    correct, so a run beats it only by holding a correct answer where none of those samples
+    did (found), and loses by missing one they had (lost) or by picking a wrong answer
+    although its population held a correct one (picked wrong)."""
+    def holds(m: str) -> dict[str, bool]:
+        return {r["problem"]: any(c["correct"] for c in r["candidates"]) for r in rows
+                if r["method"] == m and r["budget"] == b and r["problem"] in got}
+
+    mine, theirs = holds(run), holds(indep)
+    found = sum(mine[p] and not theirs.get(p, False) for p in mine)
+    lost = sum(theirs.get(p, False) and not mine[p] for p in mine)
+    wrong = sum(mine[p] and not got[p] for p in mine)
+    return (f"Its final population holds a correct answer on {sum(mine.values())} of "
+            f"{len(mine)} problems, {b} independent samples on "
+            f"{sum(theirs.get(p, False) for p in mine)}: found where none of them had one "
+            f"{found}, lost where they had one {lost}; picked a wrong answer although its "
+            f"population held a correct one {wrong}.")
 
 
 def plot(panels: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
@@ -284,6 +320,8 @@ def study_report(args: argparse.Namespace, problems: list[Problem]) -> str:
         lines += ["", *sec]
         panels[tier] = curves
     png = Path(args.record).parent / "scaling.png"
+    if len(panels) == len(TIERS):
+        lines += ["", READING]
     if panels:
         plot(panels, png)
         lines += ["", "The plot shows only cells measured on every sampled problem (a run still "

@@ -59,7 +59,11 @@ READING = (
     "a right one. With step scores blurred to chance (tier B) resampling discards correct routes "
     "on a third of the problems, while best-of-n, which needs only the still-good final scores, "
     "keeps them; with the CPU reward (tier C) pf both loses routes and, its final scores being "
-    "weak, picks wrong answers from populations that held right ones. pf's advantage in the paper "
+    "weak, picks wrong answers from populations that held right ones. With `ess_threshold=0.5` "
+    "the CPU reward's weights are so even that pf seldom resamples: its population keeps as many "
+    "answers as independent samples and the same pass@16, so it is weighted majority voting "
+    "with extra steps, and argmax over its weak final scores picks wrong most often of all. "
+    "pf's advantage in the paper "
     "rests on a PRM that ranks partial solutions far better than any reward this machine has.")
 # baseline -> (selector, weighted by the reward)
 BASELINES = {"self-consistency": ("vote", False), "best-of-n": ("argmax", True),

@@ -63,8 +63,8 @@ READING = (
     "the CPU reward's weights are so even that pf seldom resamples: its population keeps as many "
     "answers as independent samples and the same pass@16, so it is weighted majority voting "
     "with extra steps, and argmax over its weak final scores picks wrong most often of all. "
-    "pf's advantage in the paper "
-    "rests on a PRM that ranks partial solutions far better than any reward this machine has.")
+    "pf's advantage in the paper rests on a PRM that ranks partial solutions far better than "
+    "any reward this machine has.")
 # baseline -> (selector, weighted by the reward)
 BASELINES = {"self-consistency": ("vote", False), "best-of-n": ("argmax", True),
              "weighted-best-of-n": ("weighted-vote", True)}

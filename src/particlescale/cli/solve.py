@@ -179,8 +179,8 @@ def solve(
     setup = dataclasses.replace(setup, reward=setup.check(answer_key=False))
     err = Console(stderr=True)
     out = Console() if not as_json else err
-    if defaulted:
-        method, why = default_method(setup.reward)
+    if defaulted:  # the method stays the one its options were checked for; the reason names
+        why = default_method(setup.reward)[1]  # the reward the setup resolved (per generator)
         hint = "--method pf for particle filtering" if method != "pf" else "--method to choose"
         err.print(f"[dim]method {method}: {escape(why)}; {hint}[/dim]")
     try:

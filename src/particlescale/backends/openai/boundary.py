@@ -123,6 +123,10 @@ async def probe(ep: HttpEndpoint, kind: wire.ServerKind, model: str | None,
     return classify(tokens, delimiter)
 
 
+STOP_ONLY = {"llamacpp": "llama-server is driven through its native /completion route, "
+                         "which reports stop_type"}
+"""Server kinds that take only ``stop``: the streamed modes need ``/v1/completions``."""
+
 SERVER_NAMES = {"vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama-server",
                 "llama-cpp-python": "python -m llama_cpp.server", "openai": "this server"}
 def describe(tok: Tokeniser | None) -> str:
@@ -146,9 +150,7 @@ def choose(option: str, kind: wire.ServerKind, chat: bool,
     tells_eos = kind in ("vllm", "sglang", "llamacpp")
     mode = option
     if option == "auto":
-        # llama-server runs through its native /completion (stop_type tells a stop string
-        # from EOS); the streamed modes need /v1/completions, refused there (generator.py).
-        if tok is not None and tok.before and not tok.after and kind != "llamacpp":
+        if tok is not None and tok.before and not tok.after and kind not in STOP_ONLY:
             mode = "regenerate"
         else:
             mode = "stream" if kind == "llama-cpp-python" else "stop"
@@ -167,7 +169,7 @@ def choose(option: str, kind: wire.ServerKind, chat: bool,
                                       if tells_eos else "reports a stop string and the end "
                                       "of the sequence alike (finish_reason 'stop'), so a "
                                       "final step may be read as a step")
-        if kind == "llamacpp" and not exact and tok is not None:
-            why += ("; llama-server's native /completion takes only stop: for an exact "
-                    "boundary serve this model with vLLM or python -m llama_cpp.server")
+        if kind in STOP_ONLY and not exact and tok is not None:
+            why += (f"; {STOP_ONLY[kind]} and takes only stop: for an exact boundary serve "
+                    "this model with vLLM or python -m llama_cpp.server")
     return {"mode": mode, "exact": exact, "why": why}

@@ -227,10 +227,9 @@ class OpenAIGenerator:
         """``{"mode", "exact", "why"}`` for this replica's sessions: the ``boundary`` option,
         or what ``auto`` picks, judged on the server's tokeniser (probed once per replica and
         delimiter; see ``boundary.py``)."""
-        if self.boundary in ("stream", "regenerate") and kind == "llamacpp":
+        if self.boundary in ("stream", "regenerate") and kind in boundaries.STOP_ONLY:
             raise ConfigError(f"boundary: {self.boundary!r} streams /v1/completions, but "
-                              "llama-server is driven through its native /completion route, "
-                              "which reports stop_type: use boundary='stop' or 'auto'")
+                              f"{boundaries.STOP_ONLY[kind]}: use boundary='stop' or 'auto'")
         key = (self.replicas.index(replica), delimiter)
         if key not in self._boundaries:
             tok = None
